@@ -1,0 +1,3 @@
+"""rq-hf: RQ-VAE and RQ-Transformer (Lee et al., CVPR 2022) native to diffusers, transformers and accelerate."""
+
+__version__ = "0.1.0"
