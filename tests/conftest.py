@@ -7,6 +7,10 @@ import torch
 from safetensors.torch import load_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# The test models are tiny: one thread is as fast as two, and immune to OpenMP oversubscription when other
+# processes (the 2-process distributed tests, a parallel job) share the two cores.
+torch.set_num_threads(1)
 GOLDEN_NAMES = ["cin", "txt"]
 
 

@@ -24,6 +24,7 @@ def full_batch() -> torch.Tensor:
 
 
 def _worker(rank: int, init_file: str, result_dir: str) -> None:
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
     try:
         shard = full_batch().chunk(WORLD_SIZE)[rank]

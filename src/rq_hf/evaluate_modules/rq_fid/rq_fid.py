@@ -1,0 +1,65 @@
+"""rq-hf FID as an `evaluate` metric: FID (or rFID) of images against reference images or `.npz` statistics.
+
+Load offline: ``evaluate.load(rq_hf.evaluation.evaluate_module_path("rq_fid"))`` to compare with reference
+images (``references``), or with ``config_name="statistics"`` to compare with an `.npz` file
+(``compute(..., reference_statistics=PATH)``). Computes with :func:`rq_hf.evaluation.compute_fid`.
+"""
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+
+from rq_hf.evaluation import compute_fid
+
+_DESCRIPTION = "Fréchet Inception Distance of images against reference images or precomputed statistics."
+
+_CITATION = """\
+@inproceedings{lee2022autoregressive,
+  title={Autoregressive Image Generation using Residual Quantization},
+  author={Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin},
+  booktitle={CVPR},
+  year={2022}
+}
+"""
+
+_INPUTS = """
+Args:
+    predictions: images (3, H, W), float in [0, 1] (generated samples, or reconstructions for rFID).
+    references: images (3, H, W) in [0, 1] (dataset images, or the originals for rFID); default config.
+    reference_statistics: the path of an `.npz` with `mu` and `sigma`; config "statistics" (no references).
+    feature_extractor: an nn.Module (images -> (B, F) features); default: the standard FID Inception.
+    batch_size: images per forward pass (default 50).
+Returns:
+    {"fid": float}
+"""
+
+_IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32"))))
+
+
+class RQFid(evaluate.Metric):
+    def _info(self):
+        if self.config_name not in ("default", "statistics"):
+            raise ValueError(f"config_name: expected 'default' or 'statistics', got {self.config_name!r}")
+        features = {"predictions": _IMAGE}
+        if self.config_name == "default":
+            features["references"] = _IMAGE
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_INPUTS,
+            features=datasets.Features(features),
+        )
+
+    def _compute(
+        self, predictions, references=None, reference_statistics=None, feature_extractor=None, batch_size=50
+    ):
+        if references is None:
+            if reference_statistics is None:
+                raise ValueError("reference_statistics: expected the path of an .npz file, got None")
+            reference = reference_statistics
+        else:
+            reference = torch.from_numpy(np.asarray(references, dtype=np.float32))
+        images = torch.from_numpy(np.asarray(predictions, dtype=np.float32))
+        fid = compute_fid(images, reference, feature_extractor=feature_extractor, batch_size=batch_size)
+        return {"fid": fid}

@@ -1,0 +1,52 @@
+"""rq-hf Inception Score as an `evaluate` metric (10 contiguous splits).
+
+Load offline: ``evaluate.load(rq_hf.evaluation.evaluate_module_path("rq_inception_score"))``. Computes with
+:func:`rq_hf.evaluation.compute_inception_score`.
+"""
+
+import datasets
+import evaluate
+import numpy as np
+import torch
+
+from rq_hf.evaluation import compute_inception_score
+
+_DESCRIPTION = "Inception Score of generated images: mean and standard deviation over contiguous splits."
+
+_CITATION = """\
+@inproceedings{lee2022autoregressive,
+  title={Autoregressive Image Generation using Residual Quantization},
+  author={Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin},
+  booktitle={CVPR},
+  year={2022}
+}
+"""
+
+_INPUTS = """
+Args:
+    predictions: images (3, H, W), float in [0, 1].
+    classifier: an nn.Module (images -> (B, C) logits); default: the standard Inception's 1008 logits.
+    splits: number of contiguous parts (default 10).
+    batch_size: images per forward pass (default 50).
+Returns:
+    {"inception_score": float, "inception_score_std": float}
+"""
+
+_IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32"))))
+
+
+class RQInceptionScore(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=_DESCRIPTION,
+            citation=_CITATION,
+            inputs_description=_INPUTS,
+            features=datasets.Features({"predictions": _IMAGE}),
+        )
+
+    def _compute(self, predictions, classifier=None, splits=10, batch_size=50):
+        images = torch.from_numpy(np.asarray(predictions, dtype=np.float32))
+        mean, std = compute_inception_score(
+            images, classifier=classifier, splits=splits, batch_size=batch_size
+        )
+        return {"inception_score": mean, "inception_score_std": std}
