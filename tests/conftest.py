@@ -52,3 +52,18 @@ def golden_rqvae():
         return cache[name]
 
     return load
+
+
+@pytest.fixture(scope="session")
+def golden_pipeline_dir(tmp_path_factory):
+    """A parity fixture converted to a full RQPipeline folder (by name; do not modify it in tests)."""
+    from rq_hf.conversion import convert_original_checkpoint
+
+    cache = {}
+
+    def convert(name):
+        if name not in cache:
+            cache[name] = convert_original_checkpoint(FIXTURES / name, tmp_path_factory.mktemp(name) / "pipeline")
+        return cache[name]
+
+    return convert

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,20 +127,117 @@ def convert_rqvae(stage: OriginalStage, use_ema: bool = False) -> RQVAEModel:
     return model.eval()
 
 
+def convert_rqtransformer(stage: OriginalStage, vqvae: RQVAEModel, use_ema: bool = False):
+    """Build an [`RQTransformerForImageGeneration`] from an original stage-2 config and checkpoint, with a copy of
+    the codebooks of the converted `vqvae` and the release's sampling defaults as its generation config."""
+    from .conversion_rqtransformer import rqtransformer_from_original
+
+    state_dict = load_original_state_dict(stage.checkpoint, use_ema)
+    return rqtransformer_from_original(stage.config, state_dict, vqvae.get_codebook_embeddings())
+
+
+def load_caption_tokenizer(tokenizer_dir: str | os.PathLike):
+    """A caption tokenizer from a converted folder (`tokenizer.json`) or from the original files
+    (`bpe-16k-vocab.json`, `bpe-16k-merges.txt`), converted on the fly."""
+    from transformers import AutoTokenizer
+
+    from .conversion_tokenizer import convert_rq_tokenizer
+
+    folder = Path(tokenizer_dir)
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    vocab, merges = folder / "bpe-16k-vocab.json", folder / "bpe-16k-merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        raise ValueError(
+            f"tokenizer_dir: expected a folder with tokenizer.json or with bpe-16k-vocab.json and "
+            f"bpe-16k-merges.txt, got {folder}"
+        )
+    with tempfile.TemporaryDirectory() as converted:
+        return AutoTokenizer.from_pretrained(convert_rq_tokenizer(vocab, merges, Path(converted) / "tokenizer"))
+
+
+def conditioning_of(transformer) -> str:
+    """``"text"``, ``"class"`` or ``"unconditional"`` from an RQ-Transformer config."""
+    config = transformer.config
+    if config.condition_sequence_length > 1:
+        return "text"
+    return "class" if config.is_conditional else "unconditional"
+
+
+def converted_model_card(pipeline, release: str | None, repo_id: str | None):
+    """The card of a converted pipeline: the release's card, or a generic one under the original license."""
+    from .model_card import RELEASE_LICENSE, make_model_card
+
+    if release is not None:
+        return make_model_card(release, repo_id=repo_id)
+    return make_model_card(
+        None,
+        repo_id=repo_id,
+        conditioning=conditioning_of(pipeline.transformer),
+        title="RQ-Transformer converted from an original kakaobrain/rq-vae-transformer checkpoint",
+        license=RELEASE_LICENSE,
+    )
+
+
 def convert_original_checkpoint(
-    checkpoint_dir: str | os.PathLike, output_dir: str | os.PathLike, use_ema: bool = False, overwrite: bool = False
+    checkpoint_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    use_ema: bool = False,
+    overwrite: bool = False,
+    release: str | None = None,
+    tokenizer_dir: str | os.PathLike | None = None,
+    push_to_hub: str | None = None,
 ) -> Path:
-    """Convert an original release (or stage-1 folder) into ``output_dir/vqvae``.
+    """Convert an original release into a pipeline folder, or a stage-1 folder into ``output_dir/vqvae``.
+
+    With both stages, ``output_dir`` becomes a full [`RQPipeline`] folder: ``model_index.json``, ``vqvae/``,
+    ``transformer/`` (with the release's sampling defaults in ``generation_config.json``), ``tokenizer/``
+    for text models, and the model card ``README.md``.
 
     Args:
         checkpoint_dir: original release folder (``stage1/``, ``stage2/``) or a stage-1 folder.
         output_dir: destination; must be new or empty unless ``overwrite``.
         use_ema: convert ``state_dict_ema`` instead of ``state_dict``.
+        release: name of the original release (see ``rq_hf.releases``) whose model card to write.
+        tokenizer_dir: caption tokenizer of a text-to-image release (converted folder or original files);
+            without it a text pipeline takes pre-tokenized ``condition_ids`` only.
+        push_to_hub: Hub repo id to upload the written folder to.
     """
-    release = find_original_release(checkpoint_dir)
-    vqvae = convert_rqvae(release.stage1, use_ema)
+    if release is not None:
+        from .releases import get_release
 
-    def write(folder: Path) -> None:
-        vqvae.save_pretrained(folder / "vqvae", safe_serialization=True)
+        get_release(release)  # fail before any work on an unknown name
+    original = find_original_release(checkpoint_dir)
+    if original.stage2 is None and (release or tokenizer_dir):
+        raise ValueError("release, tokenizer_dir: expected a release folder with stage2/ for a pipeline, got stage 1 only")
+    vqvae = convert_rqvae(original.stage1, use_ema)
+    if original.stage2 is None:
+        write = lambda folder: vqvae.save_pretrained(folder / "vqvae", safe_serialization=True)  # noqa: E731
+    else:
+        from .pipeline_rq import RQPipeline
 
-    return write_folder_atomically(output_dir, write, overwrite)
+        transformer = convert_rqtransformer(original.stage2, vqvae, use_ema)
+        tokenizer = None if tokenizer_dir is None else load_caption_tokenizer(tokenizer_dir)
+        if tokenizer is not None and conditioning_of(transformer) != "text":
+            raise ValueError(
+                f"tokenizer_dir: expected none for a {conditioning_of(transformer)} model, got a tokenizer"
+            )
+        if tokenizer is not None and len(tokenizer) > transformer.config.condition_vocab_size:
+            raise ValueError(
+                f"tokenizer_dir: expected at most {transformer.config.condition_vocab_size} tokens (the model's "
+                f"condition vocabulary), got {len(tokenizer)}"
+            )
+        pipeline = RQPipeline(vqvae=vqvae, transformer=transformer, tokenizer=tokenizer)
+        card = converted_model_card(pipeline, release, push_to_hub)
+
+        def write(folder: Path) -> None:
+            pipeline.save_pretrained(folder, model_card=card)
+
+    path = write_folder_atomically(output_dir, write, overwrite)
+    if push_to_hub is not None:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        repo_id = api.create_repo(push_to_hub, exist_ok=True).repo_id
+        api.upload_folder(repo_id=repo_id, folder_path=path, commit_message="Convert the original release with rq-hf")
+    return path
