@@ -95,6 +95,8 @@ def run_generate(args: argparse.Namespace) -> None:
         top_p=_one_or_list(args.top_p),
         guidance_scale=args.guidance_scale,
         generator=generator,
+        rerank_with=args.rerank_with,
+        num_candidates=args.num_candidates,
     ).images
     names = [str(label) for label in args.labels] if args.labels else args.prompt or ["sample"]
     rows = [images[i * args.num_images : (i + 1) * args.num_images] for i in range(len(names))]
@@ -230,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
     generate.add_argument("--temperature", type=float)
     generate.add_argument("--guidance-scale", type=float, default=1.0)
+    generate.add_argument("--rerank-with", help="CLIP model id or path: keep the best of --num-candidates per prompt")
+    generate.add_argument("--num-candidates", type=_positive_int, help="candidates per prompt for --rerank-with")
     generate.add_argument("--device", default=_default_device())
     generate.add_argument("--dtype", choices=DTYPES, default="float32")
     generate.add_argument("--output", help="PNG grid, one row per label / prompt")

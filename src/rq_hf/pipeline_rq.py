@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from numbers import Integral
 
 import torch
@@ -12,6 +13,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.image_processor import VaeImageProcessor
 from huggingface_hub import HfApi, ModelCard, snapshot_download
 
+from .clip_reranking import load_clip, rerank_candidates
 from .modeling_rqtransformer import RQTransformerForImageGeneration
 from .modeling_rqvae import RQVAEModel
 
@@ -25,6 +27,19 @@ PIPELINE_FILE_PATTERNS = [
     "*/*.safetensors.index.json",
     "tokenizer/*",
 ]
+
+
+@dataclass
+class RQPipelineOutput(ImagePipelineOutput):
+    """Output of [`RQPipeline`].
+
+    Args:
+        images: PIL images, a numpy array `(B, H, W, 3)` or a tensor `(B, 3, H, W)`, values in [0, 1].
+        clip_scores: with CLIP re-ranking, the CLIP score (cosine similarity) of each kept image, best first
+            within each prompt; else `None`.
+    """
+
+    clip_scores: torch.Tensor | None = None
 
 
 def component_mismatches(vqvae: RQVAEModel, transformer: RQTransformerForImageGeneration) -> list[str]:
@@ -141,7 +156,9 @@ class RQPipeline(DiffusionPipeline):
         return_dict: bool = True,
         decode_batch_size: int | None = None,
         condition_ids: torch.LongTensor | None = None,
-    ) -> ImagePipelineOutput | tuple:
+        rerank_with: str | os.PathLike | tuple | None = None,
+        num_candidates: int | None = None,
+    ) -> RQPipelineOutput | tuple:
         r"""Generate images.
 
         Args:
@@ -156,15 +173,31 @@ class RQPipeline(DiffusionPipeline):
             decode_batch_size: images per RQ-VAE decoding batch (default: all at once).
             condition_ids: pre-tokenized condition ids `(B, Lc)` instead of `class_labels` / `prompt` (e.g. the
                 token ids of captions tokenized elsewhere).
+            rerank_with: CLIP model id or path (or a `(CLIPModel, CLIPProcessor)` pair): draw `num_candidates`
+                images per prompt and keep the `num_images_per_prompt` with the highest CLIP score.
+            num_candidates: candidates per prompt for re-ranking (default 64, the original notebook's).
 
         Returns:
-            [`~diffusers.ImagePipelineOutput`] with `images`, or a tuple `(images,)`.
+            [`RQPipelineOutput`] with `images` (and `clip_scores` when re-ranking), or a tuple.
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type: expected 'pil', 'np' or 'pt', got {output_type!r}")
         for name, value in (("num_images_per_prompt", num_images_per_prompt), ("decode_batch_size", decode_batch_size)):
             if value is not None and (not isinstance(value, Integral) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        num_keep = num_images_per_prompt
+        if rerank_with is not None:
+            if prompt is None:
+                raise ValueError("rerank_with: expected a prompt to score the images against, got no prompt")
+            num_candidates = 64 if num_candidates is None else num_candidates
+            if not isinstance(num_candidates, Integral) or isinstance(num_candidates, bool) or num_candidates < num_keep:
+                raise ValueError(
+                    f"num_candidates: expected an int >= num_images_per_prompt ({num_keep}), got {num_candidates!r}"
+                )
+            clip_model, clip_processor = load_clip(rerank_with)
+            num_images_per_prompt = num_candidates
+        elif num_candidates is not None:
+            raise ValueError("num_candidates: expected None without rerank_with, got a value")
         condition_ids = self.prepare_condition_ids(class_labels, prompt, num_images_per_prompt, condition_ids)
         if condition_ids is not None:
             condition_ids = condition_ids.to(self.device)
@@ -183,10 +216,17 @@ class RQPipeline(DiffusionPipeline):
             images = self.decode_codes(codes, decode_batch_size)
             progress.update()
 
+        scores = None
+        if rerank_with is not None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            images, scores = rerank_candidates(
+                (images + 1) / 2, prompts, num_images_per_prompt, num_keep, clip_model, clip_processor
+            )
+            images = images * 2 - 1
         images = self.image_processor.postprocess(images, output_type=output_type)
         if not return_dict:
-            return (images,)
-        return ImagePipelineOutput(images=images)
+            return (images,) if scores is None else (images, scores)
+        return RQPipelineOutput(images=images, clip_scores=scores)
 
     def decode_codes(self, codes: torch.LongTensor, batch_size: int | None = None) -> torch.Tensor:
         """Codes `(B, h, w, D)` -> images `(B, 3, H, W)` in [-1, 1], decoded `batch_size` at a time.
