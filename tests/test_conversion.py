@@ -150,3 +150,14 @@ def test_conversion_script_and_cli_errors(golden_dir, tmp_path):
     assert failed.returncode == 2
     assert failed.stderr.startswith("rq-hf convert: error: checkpoint_dir: expected")
     assert "Traceback" not in failed.stderr
+
+
+def test_tokenizer_is_checked_against_the_model(golden_dir, tmp_path):
+    bpe = Path(__file__).parent / "fixtures" / "tokenizer-bpe16k"
+    with pytest.raises(ValueError, match="^tokenizer_dir: expected none for a class model"):
+        convert_original_checkpoint(golden_dir("cin"), tmp_path / "a", tokenizer_dir=bpe)
+    with pytest.raises(ValueError, match=r"^tokenizer_dir: expected at most 50 tokens"):
+        convert_original_checkpoint(golden_dir("txt"), tmp_path / "b", tokenizer_dir=bpe)
+    with pytest.raises(ValueError, match="^tokenizer_dir: expected a folder with tokenizer.json"):
+        convert_original_checkpoint(golden_dir("txt"), tmp_path / "c", tokenizer_dir=tmp_path)
+    assert not any((tmp_path / name).exists() for name in "abc")
