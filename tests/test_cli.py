@@ -91,3 +91,12 @@ def test_help_is_available_for_every_command():
     for command in ([], ["generate"], ["reconstruct"], ["convert"], ["info"]):
         run = rq_hf(*command, "--help")
         assert run.returncode == 0 and "usage: rq-hf" in run.stdout
+
+
+@pytest.mark.slow
+def test_readme_main_command_uses_the_bundled_demo(tmp_path):
+    run = rq_hf("generate", "--labels", 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, "--num-images", 2, "--device", "cpu",
+                "--output", tmp_path / "digits.png", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    grid = Image.open(tmp_path / "digits.png")
+    assert grid.height >= 10 * 32
