@@ -88,7 +88,9 @@ def test_two_processes_train_identical_weights_and_write_a_loadable_pipeline(vqv
 
 def test_stopped_and_resumed_run_gives_the_weights_of_an_uninterrupted_run(vqvae_dir, tmp_path):
     # Everything random at once: condition dropout, stochastic codes, dropout, EMA, cached latents.
+    # 3 batches per epoch: the run is stopped inside epoch 1 and resumed there.
     options = dict(
+        max_train_samples=24,
         condition_dropout=0.3,
         soft_label_temperature=0.5,
         stochastic_codes=True,

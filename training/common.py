@@ -346,7 +346,7 @@ class ImageTransform:
         self, resolution: int, channels: int = 3, center_crop: bool = False, random_flip: bool = False
     ):
         if channels not in (1, 3):
-            raise flag_error("in_channels", "1 or 3 image channels", channels)
+            raise ValueError(f"channels: expected 1 (grayscale) or 3 (RGB), got {channels}")
         self.resolution = resolution
         self.mode = "RGB" if channels == 3 else "L"
         self.center_crop = center_crop

@@ -148,6 +148,8 @@ def measure(args: argparse.Namespace, pipeline: RQPipeline) -> tuple[dict[str, f
     subset = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(args.seed))
     _, train_features = judge(classifier, train_images[subset[: len(eval_images)]])
     numbers = {
+        "training_digits": len(train_images),
+        "held_out_digits": len(eval_images),
         "classifier_accuracy_heldout": float((eval_predictions == eval_labels).float().mean()),
         "fid_train_vs_heldout": fid_from_features(train_features, eval_features),
     }
@@ -198,10 +200,8 @@ def demo_card(args: argparse.Namespace, pipeline: RQPipeline, numbers: dict[str,
     sampling = (
         f"top_k {top_k}, top_p {top_p or 'off'}, temperature {temperature}, guidance {args.guidance_scale}"
     )
-    judge_note = (
-        f"CNN judge trained on the 9,000 training digits ({args.classifier_epochs} epochs, seed {args.seed})"
-    )
-    held_out = len(datasets.load_dataset("parquet", data_files=args.data, split=args.eval_split))
+    trained_on, held_out = int(numbers["training_digits"]), int(numbers["held_out_digits"])
+    judge_note = f"CNN judge trained on the {trained_on:,} training digits ({args.classifier_epochs} epochs)"
     samples = f"{10 * args.samples_per_class:,} samples ({args.samples_per_class} per class, seed {args.seed}"
     # The parquet holds MNIST's test split; datasets calls its only split "train".
     split = args.eval_split.replace("train", "test", 1)

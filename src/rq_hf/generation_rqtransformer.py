@@ -121,7 +121,7 @@ def resolve_sampling_settings(
             lambda v: isinstance(v, Integral) and not isinstance(v, bool) and v >= 1,
             "an int >= 1",
         )
-        top_ks = [int(k) if k < size else None for k, size in zip(top_ks, config.vocab_size)]
+        top_ks = [int(k) if k < size else None for k, size in zip(top_ks, config.vocab_size, strict=True)]
     top_ps: list[float | None] = [None] * depth
     if top_p is not None:
         top_ps = _per_depth("top_p", top_p, depth, lambda v: _is_real(v) and 0 < v <= 1, "a float in (0, 1]")
@@ -221,7 +221,7 @@ class StaticCacheDecoder:
         positions = torch.arange(inputs.shape[1], device=inputs.device)
         mask = self.spatial_mask[:, :, : inputs.shape[1]]
         hidden_states = inputs
-        for layer, cache in zip(self.model.spatial_layers, self.spatial_caches):
+        for layer, cache in zip(self.model.spatial_layers, self.spatial_caches, strict=True):
             hidden_states = layer(hidden_states, mask, cache, positions)
         return hidden_states[:, -1]
 
@@ -239,7 +239,7 @@ class StaticCacheDecoder:
         codes, has_nan = [], torch.zeros((), dtype=torch.bool, device=spatial_context.device)
         for d in range(self.depth):
             states = hidden_states[:, None]
-            for layer, cache in zip(model.depth_layers, self.depth_caches):
+            for layer, cache in zip(model.depth_layers, self.depth_caches, strict=True):
                 states = layer(states, self.depth_masks[d], cache, self.depth_positions[d])
             logits = model.classifier.forward_depth(states[:, 0], d).float()
             code, nan_here = pick_codes(logits, uniform_noise[d, :, : logits.shape[-1]], settings, d)
@@ -266,7 +266,7 @@ class StaticCacheDecoder:
             :, None
         ]
         mask = self.spatial_mask.index_select(2, position)
-        for layer, cache in zip(model.spatial_layers, self.spatial_caches):
+        for layer, cache in zip(model.spatial_layers, self.spatial_caches, strict=True):
             hidden_states = layer(hidden_states, mask, cache, position)
         return self.sample_position(hidden_states[:, 0], uniform_noise)
 

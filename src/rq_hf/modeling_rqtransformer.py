@@ -404,7 +404,7 @@ class RQTransformerForImageGeneration(RQTransformerPreTrainedModel, GenerationMi
         depth = len(embeddings.vocab_sizes)
         if not isinstance(codebooks, Sequence) or len(codebooks) != depth:
             raise ValueError(f"codebooks: expected a list of {depth} tensors, got {type(codebooks).__name__}")
-        for index, (codebook, size) in enumerate(zip(codebooks, embeddings.vocab_sizes)):
+        for index, (codebook, size) in enumerate(zip(codebooks, embeddings.vocab_sizes, strict=True)):
             if not isinstance(codebook, torch.Tensor) or not codebook.is_floating_point():
                 raise TypeError(f"codebooks[{index}]: expected a float tensor, got {type(codebook).__name__}")
             if tuple(codebook.shape) != (size, embeddings.codebook_dim):
