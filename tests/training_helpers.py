@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -77,6 +79,8 @@ def launch_command(
         "no",
         "--dynamo_backend",
         "no",
+        "--main_process_port",
+        str(free_port()),
         str(wrapper),
         *args,
     ]
@@ -84,10 +88,29 @@ def launch_command(
     return command, env
 
 
+def free_port() -> int:
+    """A TCP port free on loopback now: each launch gets its own rendezvous, so a run killed by an earlier
+    test can never be joined by a later one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def launch(script: str, args: list[str], dump_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run `script` on 2 CPU processes to the end; fail with its output when it fails."""
+    """Run `script` on 2 CPU processes to the end; fail with its output when it fails or times out (then the
+    launcher and both ranks are killed, so no rank outlives the test)."""
     command, env = launch_command(script, args, dump_dir)
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        raise AssertionError(f"timed out after {timeout} s:\n{stdout[-3000:]}{stderr[-6000:]}") from None
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
 
