@@ -104,14 +104,14 @@ def find_original_release(checkpoint_dir: str | os.PathLike) -> OriginalRelease:
 
 def _load_converted(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
     """Load a converted state dict strictly, turning key mismatches into one clear ValueError."""
-    expected = set(model.state_dict())
-    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+    expected = model.state_dict()
+    missing, unexpected = sorted(expected.keys() - state_dict.keys()), sorted(state_dict.keys() - expected.keys())
     if missing or unexpected:
         raise ValueError(f"{what}: expected the keys of the model, got missing {missing} and unexpected {unexpected}")
     mismatched = [
-        f"{k}: {tuple(v.shape)} vs {tuple(model.state_dict()[k].shape)}"
+        f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}"
         for k, v in state_dict.items()
-        if v.shape != model.state_dict()[k].shape
+        if v.shape != expected[k].shape
     ]
     if mismatched:
         raise ValueError(f"{what}: expected tensor shapes of the config, got {mismatched}")

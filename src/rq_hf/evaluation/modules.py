@@ -13,6 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+PAPER_CITATION = """\
+@inproceedings{lee2022autoregressive,
+  title={Autoregressive Image Generation using Residual Quantization},
+  author={Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin},
+  booktitle={CVPR},
+  year={2022}
+}
+"""
+"""BibTeX of the paper, the citation of every shipped module."""
+
 EVALUATE_MODULES = ("rq_fid", "rq_inception_score", "rq_reconstruction", "rq_codebook_usage", "rq_clip_score")
 """Names of the shipped modules."""
 

@@ -10,19 +10,13 @@ import numpy as np
 import torch
 
 from rq_hf.evaluation import compute_clip_score
+from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = (
     "CLIP score of text-to-image samples: mean cosine similarity of CLIP image and text embeddings."
 )
 
-_CITATION = """\
-@inproceedings{lee2022autoregressive,
-  title={Autoregressive Image Generation using Residual Quantization},
-  author={Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin},
-  booktitle={CVPR},
-  year={2022}
-}
-"""
+_CITATION = PAPER_CITATION
 
 _INPUTS = """
 Args:

@@ -9,17 +9,11 @@ import evaluate
 import torch
 
 from rq_hf.evaluation import codebook_perplexity, codebook_usage
+from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = "Per-depth codebook usage counts, number of used codes and perplexity of RQ-VAE codes."
 
-_CITATION = """\
-@inproceedings{lee2022autoregressive,
-  title={Autoregressive Image Generation using Residual Quantization},
-  author={Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin},
-  booktitle={CVPR},
-  year={2022}
-}
-"""
+_CITATION = PAPER_CITATION
 
 _INPUTS = """
 Args:

@@ -11,17 +11,11 @@ import numpy as np
 import torch
 
 from rq_hf.evaluation import compute_fid
+from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = "Fréchet Inception Distance of images against reference images or precomputed statistics."
 
-_CITATION = """\
-@inproceedings{lee2022autoregressive,
-  title={Autoregressive Image Generation using Residual Quantization},
-  author={Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin},
-  booktitle={CVPR},
-  year={2022}
-}
-"""
+_CITATION = PAPER_CITATION
 
 _INPUTS = """
 Args:

@@ -10,17 +10,11 @@ import numpy as np
 import torch
 
 from rq_hf.evaluation import compute_inception_score
+from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = "Inception Score of generated images: mean and standard deviation over contiguous splits."
 
-_CITATION = """\
-@inproceedings{lee2022autoregressive,
-  title={Autoregressive Image Generation using Residual Quantization},
-  author={Lee, Doyup and Kim, Chiheon and Kim, Saehoon and Cho, Minsu and Han, Wook-Shin},
-  booktitle={CVPR},
-  year={2022}
-}
-"""
+_CITATION = PAPER_CITATION
 
 _INPUTS = """
 Args:
