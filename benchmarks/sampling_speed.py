@@ -1,19 +1,29 @@
 """Images per second of `RQTransformerForImageGeneration.generate`, side by side with the uncached reference and,
 with `--original-src DIR` (a checkout of kakaobrain/rq-vae-transformer), the original sampler on the same random
-weights (built by the original code, converted with `rq_hf.conversion_rqtransformer`). AR sampling only; the
-methods run round-robin and the best call of each is reported. On a CPU shared with other jobs, set
+weights (built by the original code, converted with `rq_hf.conversion_rqtransformer`).
+
+Each batch size of `--batch-size` is timed in turn; within one batch size the methods run round-robin after one
+warm-up call each (the warm-up of `compile=True` compiles; its time is reported) and the best call is kept.
+"AR" is code sampling only; with `--end-to-end` the codes are also decoded by an RQ-VAE of the released 256x256
+configuration (random weights): rq-hf decodes in batches of `--decode-batch-size` in the model's dtype, the
+original's rows decode one image at a time in fp32, as the original scripts do. `--json-output FILE` appends
+one row per measurement (the schema of `rq_hf.evaluation.figures`, plus `stage`, `ms_per_image`, `device`, ...),
+which `rq_hf.evaluation.plot_sampling_speed` draws as the paper's Figure 4. `--time-budget` skips what would
+start after that many seconds (for leased machines). On a CPU shared with other jobs, set
 `OMP_WAIT_POLICY=PASSIVE` for multi-thread runs: spinning OpenMP threads otherwise make every method 10-30x slower.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/sampling_speed.py --threads 2 --compile --original-src /tmp/rqorig
     python benchmarks/sampling_speed.py --device cuda --dtype bf16 --hidden-size 1536 --spatial-layers 42 \
-        --depth-layers 6 --heads 24 --codebook-size 16384 --batch-size 100 --compile --no-reference \
-        --original-src /path/to/rq-vae-transformer
+        --depth-layers 6 --heads 24 --codebook-size 16384 --batch-size 100 500 --compile --no-reference \
+        --end-to-end --original-src /path/to/rq-vae-transformer --original-precision fp32 fp16 \
+        --json-output speed.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import time
 import types
@@ -40,10 +50,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--codebook-dim", type=int, default=256, help="RQ-VAE code width (input_embed_dim)")
     parser.add_argument("--code-shape", type=int, nargs=3, default=[8, 8, 4], metavar=("H", "W", "D"))
     parser.add_argument("--num-classes", type=int, default=1000, help="class-conditional; 0 = unconditional")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[8], help="one or more batch sizes")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="our model's dtype")
     parser.add_argument(
-        "--original-amp", action="store_true", help="original sampler under fp16 autocast (CUDA)"
+        "--original-precision",
+        choices=["fp32", "fp16"],
+        nargs="+",
+        default=["fp32"],
+        help="original sampler in fp32 and/or under fp16 autocast (its sampling scripts' setting; CUDA only)",
     )
     parser.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa")
     parser.add_argument("--device", default="cpu")
@@ -54,8 +68,21 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--no-reference", action="store_true", help="skip the (slow) uncached reference")
     parser.add_argument("--original-src", type=Path, default=None, help="checkout of the original code")
+    parser.add_argument(
+        "--end-to-end", action="store_true", help="also decode the codes with a released-shape RQ-VAE"
+    )
+    parser.add_argument("--decode-batch-size", type=int, default=64, help="rq-hf RQ-VAE decoding batch")
+    parser.add_argument("--json-output", type=Path, default=None, help="append result rows to this JSON list")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds; later measurements skipped")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.end_to_end and tuple(args.code_shape) != (8, 8, 4):
+        parser.error(
+            f"--end-to-end: expected --code-shape 8 8 4 (the released RQ-VAE), got {args.code_shape}"
+        )
+    if "fp16" in args.original_precision and args.device == "cpu" and args.original_src is not None:
+        parser.error("--original-precision: fp16 autocast needs --device cuda, got cpu")
+    return args
 
 
 def original_config(args: argparse.Namespace) -> dict:
@@ -124,24 +151,100 @@ def build_original(args: argparse.Namespace, config: dict, original: types.Simpl
     return transformer, quantizer, model_aux
 
 
-def best_times(
-    functions: list[Callable[[], torch.Tensor]], device: torch.device, repeats: int
-) -> list[float]:
-    """Best wall time of each function over `repeats` rounds (round-robin, so that load changes hit all alike),
-    after one warm-up call each (which also compiles)."""
-    for function in functions:
+class Clock:
+    """Wall time of calls on one device (synchronised around CUDA work), with an optional overall budget."""
+
+    def __init__(self, device: torch.device, budget: float | None) -> None:
+        self.device = device
+        self.deadline = None if budget is None else time.perf_counter() + budget
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def time(self, function: Callable[[], object]) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
         function()
-    best = [float("inf")] * len(functions)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
+
+def best_times(
+    methods: list[tuple[str, Callable[[], object]]], clock: Clock, repeats: int
+) -> dict[str, tuple[float, float]]:
+    """`{label: (best seconds, first-call seconds)}` over `repeats` round-robin rounds after one warm-up call each
+    (which also compiles). Methods that would start after the time budget are left out."""
+    first = {}
+    for label, function in methods:
+        if clock.out_of_time():
+            print(f"time budget spent: skipping {label}", flush=True)
+            continue
+        first[label] = clock.time(function)
+    best = {label: float("inf") for label in first}
     for _ in range(repeats):
-        for index, function in enumerate(functions):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            function()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            best[index] = min(best[index], time.perf_counter() - start)
-    return best
+        for label, function in methods:
+            if label in best:
+                best[label] = min(best[label], clock.time(function))
+    return {label: (best[label], first[label]) for label in first}
+
+
+def released_rqvae(device: torch.device, dtype: torch.dtype):
+    """The released 256x256 RQ-VAE shape (8x8x4 codes, K=16384), random weights, in `dtype` except the modules
+    that `from_pretrained(torch_dtype=...)` keeps in float32 (the quantizer)."""
+    from rq_hf import RQVAEModel
+
+    rqvae = RQVAEModel(sample_size=256).to(device).eval()
+    for name, module in rqvae.named_children():
+        if name not in rqvae._keep_in_fp32_modules:
+            module.to(dtype)
+    return rqvae
+
+
+def best_decode_time(rqvae, codes: torch.Tensor, batch_size: int, clock: Clock, repeats: int) -> float:
+    """Best time to decode `codes` `(B, h, w, D)` in chunks of `batch_size`, after a one-chunk warm-up."""
+    chunks = codes.split(batch_size)
+    rqvae.decode_codes(chunks[0])
+    return min(clock.time(lambda: [rqvae.decode_codes(chunk) for chunk in chunks]) for _ in range(repeats))
+
+
+def append_rows(path: Path, rows: list[dict]) -> None:
+    """Extend the JSON list in `path` (created if missing) with `rows`; the file is replaced whole."""
+    existing = json.loads(path.read_text()) if path.exists() else []
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(existing + rows, indent=1))
+    temporary.replace(path)
+
+
+def print_table(batch: int, results: list[dict]) -> None:
+    """One table per batch size; ratios against the fastest original sampler of the same stage."""
+    header = (
+        f"| {'method':<50} | {'stage':<10} | {'images/s':>9} | {'ms/image':>9} | {'first call s':>12} |"
+        f" {'vs original':>11} | {'vs reference':>12} |"
+    )
+    print(f"\nbatch {batch}")
+    print(header)
+    print("|" + "|".join("-" * len(cell) for cell in header.split("|")[1:-1]) + "|")
+    for row in results:
+        same_stage = [other for other in results if other["stage"] == row["stage"]]
+        originals = [
+            other["images_per_second"]
+            for other in same_stage
+            if other["implementation"].startswith("original")
+        ]
+        references = [
+            other["images_per_second"] for other in same_stage if "reference" in other["implementation"]
+        ]
+        speed = row["images_per_second"]
+        ratio_original = f"{speed / max(originals):.2f}x" if originals else "-"
+        ratio_reference = f"{speed / references[0]:.2f}x" if references else "-"
+        first = f"{row['first_call_seconds']:.1f}" if row.get("first_call_seconds") is not None else "-"
+        print(
+            f"| {row['implementation']:<50} | {row['stage']:<10} | {speed:>9.2f} | {row['ms_per_image']:>9.2f} |"
+            f" {first:>12} | {ratio_original:>11} | {ratio_reference:>12} |",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -150,6 +253,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
+    clock = Clock(device, args.time_budget)
     config = original_config(args)
     original = None if args.original_src is None else import_original(args.original_src)
 
@@ -164,77 +268,115 @@ def main() -> None:
         model.set_codebook_embeddings(
             [torch.randn(args.codebook_size, args.codebook_dim)] * args.code_shape[2]
         )
-    model.to(device=device, dtype=DTYPES[args.dtype])
+    dtype = DTYPES[args.dtype]
+    model.to(device=device, dtype=dtype)
     model.set_attn_implementation(args.attn_implementation)
+    rqvae = released_rqvae(device, dtype) if args.end_to_end else None
+    rqvae_fp32 = released_rqvae(device, torch.float32) if args.end_to_end and original is not None else None
 
-    batch = args.batch_size
-    classes = max(args.num_classes, 1)
-    condition_ids = torch.randint(classes, (batch, 1), device=device) if args.num_classes > 1 else None
-    generator = torch.Generator(device).manual_seed(args.seed)
-
-    def ours(**kwargs) -> Callable[[], torch.Tensor]:
-        return lambda: model.generate(
-            condition_ids=condition_ids,
-            num_samples=batch,
-            top_k=None,
-            top_p=None,
-            generator=generator,
-            **kwargs,
-        )
-
-    methods: list[tuple[str, Callable[[], torch.Tensor]]] = [
-        (f"rq-hf generate ({args.dtype}, {args.attn_implementation}, static cache)", ours())
-    ]
-    if args.compile:
-        methods.append(
-            (f"rq-hf generate ({args.dtype}, {args.attn_implementation}, compiled)", ours(compile=True))
-        )
-    if not args.no_reference:
-        methods.append((f"rq-hf uncached reference ({args.dtype})", ours(use_cache=False)))
-    if original is not None:
-        empty = torch.zeros(batch, *args.code_shape, dtype=torch.long, device=device)
-        cond = (
-            torch.zeros(batch, 1, dtype=torch.long, device=device) if condition_ids is None else condition_ids
-        )
-        amp = args.original_amp and device.type == "cuda"
-
-        def original_sampler(top_k: int | None = None) -> torch.Tensor:
-            return transformer.sample(empty, model_aux=model_aux, cond=cond, top_k=top_k, amp=amp)
-
-        label = "original sampler (fp16 autocast)" if amp else "original sampler (fp32)"
-        methods.append((label, original_sampler))
-
-    print(
-        f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}, "
-        f"threads: {torch.get_num_threads()}, torch {torch.__version__}"
-    )
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    parameters = sum(p.numel() for p in model.parameters())
+    shape = "x".join(map(str, args.code_shape))
+    print(f"device: {device_name}, threads: {torch.get_num_threads()}, torch {torch.__version__}")
     print(
         f"model: E={args.hidden_size}, {args.spatial_layers}+{args.depth_layers} layers, {args.heads} heads, "
-        f"K={args.codebook_size}, codes {'x'.join(map(str, args.code_shape))}, classes {args.num_classes}, "
-        f"batch {batch}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters"
+        f"K={args.codebook_size}, codes {shape}, classes {args.num_classes}, {parameters / 1e6:.1f}M parameters",
+        flush=True,
     )
-    with torch.no_grad():
-        times = best_times([function for _, function in methods], device, args.repeats)
-        results = [(label, seconds) for (label, _), seconds in zip(methods, times, strict=True)]
-        if original is not None:
-            greedy_ours = model.generate(condition_ids=condition_ids, num_samples=batch, top_k=1)
-            same = torch.equal(greedy_ours, original_sampler(top_k=1))
-            print(f"greedy codes identical to the original sampler: {same}")
+    classes = max(args.num_classes, 1)
+    for batch in args.batch_size:
+        if clock.out_of_time():
+            print(f"time budget spent: skipping batch {batch}", flush=True)
+            continue
+        condition_ids = torch.randint(classes, (batch, 1), device=device) if args.num_classes > 1 else None
+        generator = torch.Generator(device).manual_seed(args.seed)
 
-    original_seconds = next((s for label, s in results if label.startswith("original")), None)
-    reference_seconds = next((s for label, s in results if "reference" in label), None)
-    header = (
-        f"| {'method':<48} | {'images/s':>9} | {'ms/image':>9} | {'vs original':>11} | {'vs reference':>12} |"
-    )
-    print(header)
-    print("|" + "|".join("-" * (len(cell)) for cell in header.split("|")[1:-1]) + "|")
-    for label, seconds in results:
-        ratio_original = f"{original_seconds / seconds:.2f}x" if original_seconds else "-"
-        ratio_reference = f"{reference_seconds / seconds:.2f}x" if reference_seconds else "-"
-        print(
-            f"| {label:<48} | {batch / seconds:>9.2f} | {seconds / batch * 1000:>9.1f} | {ratio_original:>11} | "
-            f"{ratio_reference:>12} |"
-        )
+        def ours(condition_ids=condition_ids, batch=batch, generator=generator, **kwargs):
+            return lambda: model.generate(
+                condition_ids=condition_ids,
+                num_samples=batch,
+                top_k=None,
+                top_p=None,
+                generator=generator,
+                **kwargs,
+            )
+
+        methods: list[tuple[str, Callable[[], torch.Tensor]]] = []
+        originals = {}
+        if original is not None:
+            empty = torch.zeros(batch, *args.code_shape, dtype=torch.long, device=device)
+            cond = (
+                torch.zeros(batch, 1, dtype=torch.long, device=device)
+                if condition_ids is None
+                else condition_ids
+            )
+            for precision in args.original_precision:
+                amp = precision == "fp16"
+
+                def original_sampler(top_k=None, empty=empty, cond=cond, amp=amp) -> torch.Tensor:
+                    return transformer.sample(empty, model_aux=model_aux, cond=cond, top_k=top_k, amp=amp)
+
+                label = "original sampler (fp16 autocast)" if amp else "original sampler (fp32)"
+                originals[label] = original_sampler
+                methods.append((label, original_sampler))
+
+        methods += [(f"rq-hf generate ({args.dtype}, {args.attn_implementation}, static cache)", ours())]
+        if args.compile:
+            methods.append(
+                (f"rq-hf generate ({args.dtype}, {args.attn_implementation}, compiled)", ours(compile=True))
+            )
+        if not args.no_reference:
+            methods.append((f"rq-hf uncached reference ({args.dtype})", ours(use_cache=False)))
+        with torch.no_grad():
+            timings = best_times(methods, clock, args.repeats)
+            if original is not None and args.dtype == "fp32" and "original sampler (fp32)" in timings:
+                greedy_ours = model.generate(condition_ids=condition_ids, num_samples=batch, top_k=1)
+                same = torch.equal(greedy_ours, originals["original sampler (fp32)"](top_k=1))
+                print(f"greedy codes identical to the original sampler (fp32): {same}")
+            decode_seconds = {}
+            if rqvae is not None and not clock.out_of_time():
+                codes = ours()()
+                decode_seconds["rq-hf"] = best_decode_time(
+                    rqvae, codes, args.decode_batch_size, clock, args.repeats
+                )
+                if rqvae_fp32 is not None:
+                    decode_seconds["original"] = best_decode_time(rqvae_fp32, codes, 1, clock, 1)
+
+        results = []
+        for label, (seconds, first_call) in timings.items():
+            common = {
+                "config": shape,
+                "batch": batch,
+                "implementation": label,
+                "device": device_name,
+                "dtype": args.dtype,
+                "parameters": parameters,
+            }
+            results.append(
+                {
+                    **common,
+                    "stage": "AR",
+                    "images_per_second": batch / seconds,
+                    "ms_per_image": seconds / batch * 1000,
+                    "first_call_seconds": first_call,
+                }
+            )
+            decoder = "original" if label.startswith("original") else "rq-hf"
+            if decoder in decode_seconds and "reference" not in label:
+                total = seconds + decode_seconds[decoder]
+                results.append(
+                    {
+                        **common,
+                        "stage": "end to end",
+                        "images_per_second": batch / total,
+                        "ms_per_image": total / batch * 1000,
+                        "first_call_seconds": None,
+                        "decode_ms_per_image": decode_seconds[decoder] / batch * 1000,
+                    }
+                )
+        print_table(batch, results)
+        if args.json_output is not None and results:
+            append_rows(args.json_output, results)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ object with exactly these keys (extra keys are ignored)::
 - ``batch`` (int > 0): the batch size; the x axis.
 - ``images_per_second`` (number > 0): throughput; the bar height.
 - ``implementation`` (str): e.g. ``"rq-hf"``, ``"rq-hf compiled"``, ``"original"``; one bar colour each.
+- ``stage`` (optional str): ``"AR"`` (code sampling) or ``"end to end"`` (with RQ-VAE decoding); see
+  ``plot_sampling_speed(stage=...)``. Other keys (``ms_per_image``, ``device``, ...) are ignored.
 """
 
 from __future__ import annotations
@@ -104,7 +106,7 @@ def load_sampling_speed(path: str | os.PathLike) -> list[dict]:
 
 
 def plot_sampling_speed(
-    results: str | os.PathLike, path: str | os.PathLike, *, title: str | None = None
+    results: str | os.PathLike, path: str | os.PathLike, *, title: str | None = None, stage: str | None = None
 ) -> Path:
     """Images per second against batch size: a panel per config, a bar per implementation (Figure 4 style).
 
@@ -112,8 +114,14 @@ def plot_sampling_speed(
         results: the JSON results file (schema in the module docstring).
         path: the PNG to write (its folder must exist).
         title: optional figure title.
+        stage: keep only the rows whose optional ``stage`` key equals this (the benchmark writes ``"AR"`` and
+            ``"end to end"`` rows); ``None`` keeps every row.
     """
     rows = load_sampling_speed(results)
+    if stage is not None:
+        rows = [row for row in rows if row.get("stage") == stage]
+        if not rows:
+            raise ValueError(f"stage: expected a stage present in {str(results)!r}, got {stage!r}")
     configs = list(dict.fromkeys(row["config"] for row in rows))
     implementations = list(dict.fromkeys(row["implementation"] for row in rows))
     figure = Figure(figsize=(4.0 * len(configs), 3.6))
