@@ -375,14 +375,13 @@ def test_two_processes_give_the_one_process_reconstruction_numbers(tmp_path, cap
         4,
         "--feature-extractor",
         TINY,
-        "--device",
-        "cpu",
-    ]
+    ]  # no --device: a CPU-only machine joins the gloo group without ACCELERATE_USE_CPU
     status, _, err = run_cli(capsys, *args, "--output", tmp_path / "one.json")
     assert status == 0, err
     command, env = accelerate_command(
         ["-m", "rq_hf.cli", *map(str, args), "--output", str(tmp_path / "two.json")]
     )
+    env.pop("ACCELERATE_USE_CPU")  # the commands join the gloo group on a CPU-only machine without it
     launched = run_launched(command, env, timeout=300)
     assert launched.stdout.count("| rFID |") == 1  # only process 0 reports
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
@@ -396,3 +395,19 @@ def test_two_processes_give_the_one_process_reconstruction_numbers(tmp_path, cap
     )
     for name, value in one["metrics"].items():
         assert two["metrics"][name] == pytest.approx(value, rel=1e-6, abs=1e-6), name  # FID: float32 noise
+
+
+@pytest.mark.parametrize(
+    "command, fragment",
+    [
+        (["evaluate"], "accelerate launch"),
+        (["evaluate", "reconstruction"], "--codebook-figure"),
+        (["evaluate", "generation"], "--reference-stats"),
+        (["stats"], "--resolution"),
+    ],
+)
+def test_help_describes_the_evaluation_commands(command, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_status:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert exit_status.value.code == 0 and out.startswith("usage: rq-hf") and fragment in out

@@ -47,10 +47,21 @@ class Processes:
 
 
 def join_processes(device: str | None) -> Processes:
-    """Join the process group of an ``accelerate launch`` (nothing to join without one)."""
-    from accelerate import PartialState
+    """Join the process group of an ``accelerate launch`` (nothing to join without one): gloo on CPU (on a
+    machine without CUDA, with ``--device cpu`` or ``ACCELERATE_USE_CPU=1``), else accelerate's backend."""
+    import os
 
-    state = PartialState(cpu=device == "cpu")
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    cpu = device == "cpu" or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise UserError(
+            f"accelerate launch: expected the {launched} launched processes to join one process group, got "
+            f"{state.num_processes} (a process group started earlier in this process?)"
+        )
     return Processes(
         state.process_index, state.num_processes, torch.device(device) if device else state.device
     )
