@@ -58,14 +58,9 @@ def argv_of(flags: dict[str, str | bool | None]) -> list[str]:
     return argv
 
 
-def launch_command(
-    script: str, args: list[str], dump_dir: Path, num_processes: int = 2
-) -> tuple[list[str], dict]:
-    """`accelerate launch --multi_gpu --num_processes N` of `script` (saving every rank's weights in
-    `dump_dir`), and the environment: gloo on CPU (ACCELERATE_USE_CPU) and one thread per process."""
-    dump_dir.mkdir(parents=True, exist_ok=True)
-    wrapper = dump_dir / f"launch_{script}.py"
-    wrapper.write_text(RANK_DUMP.format(training=str(TRAINING), script=script, dump_dir=str(dump_dir)))
+def accelerate_command(target: list[str], num_processes: int = 2) -> tuple[list[str], dict]:
+    """`accelerate launch --multi_gpu --num_processes N TARGET...` (TARGET: a script and its arguments, or
+    `-m module ...`) and its environment: gloo on CPU (ACCELERATE_USE_CPU) and one thread per process."""
     command = [
         sys.executable,
         "-m",
@@ -81,11 +76,21 @@ def launch_command(
         "no",
         "--main_process_port",
         str(free_port()),
-        str(wrapper),
-        *args,
+        *target,
     ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return command, env
+
+
+def launch_command(
+    script: str, args: list[str], dump_dir: Path, num_processes: int = 2
+) -> tuple[list[str], dict]:
+    """`accelerate launch` of the training `script` on N CPU processes (see `accelerate_command`), saving
+    every rank's weights in `dump_dir`."""
+    dump_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = dump_dir / f"launch_{script}.py"
+    wrapper.write_text(RANK_DUMP.format(training=str(TRAINING), script=script, dump_dir=str(dump_dir)))
+    return accelerate_command([str(wrapper), *args], num_processes)
 
 
 def free_port() -> int:
@@ -96,10 +101,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(script: str, args: list[str], dump_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run `script` on 2 CPU processes to the end; fail with its output when it fails or times out (then the
-    launcher and both ranks are killed, so no rank outlives the test)."""
-    command, env = launch_command(script, args, dump_dir)
+def run_launched(command: list[str], env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run a launch command to the end; fail with its output when it fails or times out (then the launcher
+    and all its ranks are killed, so no rank outlives the test)."""
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
         start_new_session=True,
@@ -113,6 +117,12 @@ def launch(script: str, args: list[str], dump_dir: Path, timeout: float = 240) -
     result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     return result
+
+
+def launch(script: str, args: list[str], dump_dir: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the training `script` on 2 CPU processes to the end (see `run_launched`)."""
+    command, env = launch_command(script, args, dump_dir)
+    return run_launched(command, env, timeout)
 
 
 def run_and_kill_after(command: list[str], marker: Path, timeout: float = 240) -> None:

@@ -1,7 +1,8 @@
-"""The ``rq-hf`` command line: ``generate``, ``reconstruct``, ``convert``, ``info``.
+"""The ``rq-hf`` command line: ``generate``, ``reconstruct``, ``convert``, ``info``, ``evaluate``, ``stats``.
 
 User mistakes (missing files, bad values, unknown releases) end with one line on stderr and exit status 2,
-never a traceback.
+never a traceback. ``python -m rq_hf.cli`` and ``accelerate launch -m rq_hf.cli`` run the same as ``rq-hf``;
+``evaluate`` and ``stats`` live in :mod:`rq_hf.cli_evaluate`.
 """
 
 from __future__ import annotations
@@ -59,15 +60,16 @@ def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"
     return pipeline.to(device)
 
 
-def load_vqvae(model: str | None):
-    """An [`RQVAEModel`] from a pipeline folder (its ``vqvae/``), an RQ-VAE folder, or a Hub repo id."""
+def load_vqvae(model: str | None, dtype: str = "float32"):
+    """An [`RQVAEModel`] from a pipeline folder (its ``vqvae/``), an RQ-VAE folder, or a Hub repo id, in
+    ``dtype`` (its codebooks stay float32)."""
     from .modeling_rqvae import RQVAEModel
 
     path = _model_path(model)
     folder = Path(path)
     subfolder = "vqvae" if (folder / "model_index.json").is_file() or not folder.exists() else None
     try:
-        return RQVAEModel.from_pretrained(path, subfolder=subfolder).eval()
+        return RQVAEModel.from_pretrained(path, subfolder=subfolder, dtype=_torch_dtype(dtype)).eval()
     except OSError as error:
         raise UserError(f"--model: expected an RQ-VAE or pipeline folder or Hub repo id, got {path!r} ({error})")
 
@@ -111,19 +113,27 @@ def run_generate(args: argparse.Namespace) -> None:
         print(f"Wrote {args.output} ({len(images)} images)")
 
 
-def _load_image(path: str, size: int, channels: int):
+def image_to_tensor(image, size: int, channels: int):
+    """A PIL image as the RQ-VAE takes it: float (channels, size, size) in [-1, 1], converted to RGB (3) or
+    grey (1), scaled so its shorter side is ``size`` (bicubic) and center-cropped (``ImageOps.fit``)."""
     import numpy as np
     import torch
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
+
+    image = ImageOps.fit(image.convert("RGB" if channels == 3 else "L"), (size, size), Image.BICUBIC)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1
+    return torch.from_numpy(array.reshape(size, size, channels)).permute(2, 0, 1)
+
+
+def _load_image(path: str, size: int, channels: int):
+    from PIL import Image, UnidentifiedImageError
 
     try:
         image = Image.open(path)
         image.load()
     except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
         raise UserError(f"IMAGE: expected a readable image file, got {path!r} ({type(error).__name__})")
-    image = ImageOps.fit(image.convert("RGB" if channels == 3 else "L"), (size, size), Image.BICUBIC)
-    array = np.asarray(image, dtype=np.float32) / 127.5 - 1
-    return torch.from_numpy(array.reshape(size, size, channels)).permute(2, 0, 1)
+    return image_to_tensor(image, size, channels)
 
 
 def run_reconstruct(args: argparse.Namespace) -> None:
@@ -253,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="components, shapes, parameter counts and sampling defaults")
     info.add_argument("model", metavar="PATH_OR_REPO")
     info.set_defaults(handler=run_info)
+
+    from .cli_evaluate import add_evaluate_parsers
+
+    add_evaluate_parsers(commands)
     return parser
 
 
@@ -272,10 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.handler(args)
     except (UserError, ValueError, TypeError, FileNotFoundError, FloatingPointError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"rq-hf {args.command}: error: {message}", file=sys.stderr)
+        print(f"rq-hf {getattr(args, 'command_name', args.command)}: error: {message}", file=sys.stderr)
         return 2
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main, so that `rq_hf.cli_evaluate` and this entry point share one `UserError`.
+    from rq_hf.cli import main as package_main
+
+    sys.exit(package_main())

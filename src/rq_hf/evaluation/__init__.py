@@ -45,6 +45,7 @@ from .backbone import (
     INCEPTION_WEIGHTS_URL,
     InceptionFeatureExtractor,
     extract_features,
+    load_feature_extractor,
     load_inception,
 )
 from .clip_score import clip_score, compute_clip_score
@@ -87,6 +88,7 @@ __all__ = [
     "fid_from_features",
     "frechet_distance",
     "inception_score",
+    "load_feature_extractor",
     "load_inception",
     "load_sampling_speed",
     "load_statistics",

@@ -5,12 +5,20 @@ one batch exactly as the caller passed it to the metric functions, after validat
 float in [0, 1] or uint8 in [0, 255], on the device of the module's first parameter (CPU without one). It
 returns finite features of shape (B, F), any float dtype; they are accumulated in float64 on the CPU. A
 classifier for the Inception Score follows the same contract and returns logits (B, C).
+
+The command line (``rq-hf evaluate``, ``rq-hf stats``) names its extractor with ``--feature-extractor SPEC``,
+loaded by :func:`load_feature_extractor`: an import path ``package.module:factory`` or a file
+``path/to/file.py:factory``, where ``factory()`` (no arguments) returns the extractor, or a pair
+``(extractor, head)`` whose ``head`` maps the extractor's (B, F) features (float32) to (B, C) logits for the
+Inception Score. Without ``SPEC`` it is the FID Inception and its 1008-way classifier layer.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -135,3 +143,72 @@ def extract_features(images: Images, feature_extractor: nn.Module, *, batch_size
     check_module(feature_extractor, "feature_extractor")
     batches = iter_image_batches(images, "images", batch_size=batch_size)
     return torch.cat([run_extractor(feature_extractor, batch, "feature_extractor") for batch in batches])
+
+
+def _import_factory(spec: str):
+    """The callable named by ``package.module:name`` or ``path/to/file.py:name``."""
+    expected = "feature_extractor: expected 'package.module:factory' or 'path/to/file.py:factory'"
+    target, _, name = spec.rpartition(":")
+    if not target or not name.isidentifier():
+        raise ValueError(f"{expected}, got {spec!r}")
+    if target.endswith(".py"):
+        path = Path(target).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"{expected}, got {spec!r} (no file {target})")
+        if str(path.parent) not in sys.path:  # as when the file is run as a script: its neighbours import
+            sys.path.insert(0, str(path.parent))
+        module_name = f"_rq_hf_feature_extractor_{path.stem}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[module_name] = module
+            try:
+                loader_spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[module_name]
+                raise
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as error:
+            raise ValueError(f"{expected}, got {spec!r} ({error})") from error
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        raise ValueError(f"{expected}, got {spec!r} (no callable {name!r} in {target})")
+    return factory
+
+
+def load_feature_extractor(
+    spec: str | None = None, *, inception_weights: str | os.PathLike | None = None
+) -> tuple[nn.Module, nn.Module | None]:
+    """The feature extractor and the optional classifier head of the command line, in eval mode on the CPU.
+
+    Args:
+        spec: ``None`` for the standard FID Inception (:func:`load_inception`), or ``"package.module:factory"``
+            / ``"path/to/file.py:factory"`` (a file is imported as a script runs: its folder first on
+            ``sys.path``). ``factory()`` is called without arguments and returns an ``nn.Module`` following
+            the contract (module docstring), or a pair ``(extractor, head)``: ``head`` an ``nn.Module``
+            mapping the extractor's features (B, F), float32 on the head's device, to logits (B, C) for the
+            Inception Score, or ``None``.
+        inception_weights: the Inception weight file (only without ``spec``), see :func:`load_inception`.
+
+    Returns:
+        ``(extractor, head)``; ``head`` is ``None`` when the factory gives none (no Inception Score). For the
+        Inception: the ``"pool"`` extractor and its ``fc`` layer, so one forward pass gives features and logits
+        equal to ``load_inception(output="logits")``'s.
+    """
+    if spec is None:
+        extractor = load_inception(inception_weights)
+        return extractor, extractor.network.fc
+    if inception_weights is not None:
+        raise ValueError("inception_weights: expected None with a custom feature extractor, got a path")
+    if not isinstance(spec, str):
+        raise TypeError(f"spec: expected a string 'package.module:factory', got {type(spec).__name__}")
+    made = _import_factory(spec)()
+    extractor, head = made if isinstance(made, tuple) and len(made) == 2 else (made, None)
+    check_module(extractor, f"{spec} extractor")
+    if head is not None:
+        check_module(head, f"{spec} head")
+        head.eval()
+    return extractor.eval(), head

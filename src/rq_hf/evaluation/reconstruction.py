@@ -13,9 +13,18 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from ._checks import Images, check_images, check_module, iter_image_pairs, run_extractor, to_float_images
+from ._checks import (
+    Images,
+    check_images,
+    check_module,
+    iter_image_pairs,
+    module_device,
+    run_extractor,
+    to_float_images,
+)
 from .backbone import load_inception
 from .fid import frechet_distance
 from .statistics import FeatureStatisticsMetric
@@ -95,34 +104,34 @@ def reconstruction_metrics(
         batch_size: batch size for tensors given whole.
 
     Returns:
-        ``{"rfid", "psnr", "ssim"}`` (and ``"lpips"``) as floats.
+        ``{"rfid", "psnr", "ssim"}`` (and ``"lpips"``) as floats. Under ``torch.distributed`` every process
+        passes its own share of the images and gets the results of all shares (the sums behind the means and
+        the covariances are reduced across processes once, by torchmetrics; metric states live on the
+        feature extractor's device, as NCCL needs).
     """
     extractor = (
         load_inception()
         if feature_extractor is None
         else check_module(feature_extractor, "feature_extractor")
     )
+    device = module_device(extractor)
     statistics: dict[str, FeatureStatisticsMetric] = {}
-    sums = {"psnr": 0.0, "ssim": 0.0, "lpips": 0.0}
-    count = 0
+    names = ("psnr", "ssim", "lpips") if with_lpips else ("psnr", "ssim")
+    means = {name: MeanMetric().set_dtype(torch.float64).to(device) for name in names}
     for original, reconstruction in iter_image_pairs(originals, reconstructions, batch_size=batch_size):
         for name, batch in (("originals", original), ("reconstructions", reconstruction)):
             features = run_extractor(extractor, batch, "feature_extractor")
             if name not in statistics:
-                statistics[name] = FeatureStatisticsMetric(features.shape[1])
+                statistics[name] = FeatureStatisticsMetric(features.shape[1]).to(device)
             statistics[name].update(features)
-        sums["psnr"] += psnr(original, reconstruction).sum().item()
-        sums["ssim"] += ssim(original, reconstruction).sum().item()
+        means["psnr"].update(psnr(original, reconstruction).to(device, torch.float64))
+        means["ssim"].update(ssim(original, reconstruction).to(device, torch.float64))
         if with_lpips:
-            sums["lpips"] += lpips(original, reconstruction).sum().item()
-        count += original.shape[0]
+            means["lpips"].update(lpips(original, reconstruction).to(device, torch.float64))
     results = {
-        "rfid": frechet_distance(statistics["originals"].compute(), statistics["reconstructions"].compute()),
-        "psnr": sums["psnr"] / count,
-        "ssim": sums["ssim"] / count,
+        "rfid": frechet_distance(statistics["originals"].compute(), statistics["reconstructions"].compute())
     }
-    if with_lpips:
-        results["lpips"] = sums["lpips"] / count
+    results.update({name: metric.compute().item() for name, metric in means.items()})
     return results
 
 

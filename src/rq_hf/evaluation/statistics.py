@@ -16,7 +16,15 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from ._checks import Images, atomic_write, check_features, check_module, iter_image_batches, run_extractor
+from ._checks import (
+    Images,
+    atomic_write,
+    check_features,
+    check_module,
+    iter_image_batches,
+    module_device,
+    run_extractor,
+)
 
 
 @dataclass
@@ -111,6 +119,9 @@ def compute_statistics(
 ) -> FeatureStatistics:
     """Statistics of the features of a set of images, accumulated batch by batch (memory O(F^2), not O(N F)).
 
+    Under ``torch.distributed`` every process passes its own share of the images and gets the statistics
+    of all shares (the sums are reduced once, on the extractor's device).
+
     Args:
         images: (N, 3, H, W) float in [0, 1] or uint8, or an iterable of such batches; N >= 2 in total.
         feature_extractor: an ``nn.Module`` following the contract (e.g. :func:`load_inception`).
@@ -135,7 +146,7 @@ def statistics_and_size(
     for batch in iter_image_batches(images, name, batch_size=batch_size, size=size):
         features = run_extractor(feature_extractor, batch, "feature_extractor")
         if metric is None:
-            metric = FeatureStatisticsMetric(features.shape[1])
+            metric = FeatureStatisticsMetric(features.shape[1]).to(module_device(feature_extractor))
         metric.update(features)
         size = (batch.shape[2], batch.shape[3])
     return metric.compute(), size
