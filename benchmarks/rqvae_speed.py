@@ -64,14 +64,20 @@ def measure(model, images, dtype, one_at_a_time: bool, repeats: int) -> tuple[fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16"],
-                        help="autocast dtypes of the batched rows (default: float32, plus bfloat16 on CUDA)")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["float32", "bfloat16", "float16"],
+        help="autocast dtypes of the batched rows (default: float32, plus bfloat16 on CUDA)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,17 +90,31 @@ def main() -> None:
     rows = [("reference: one image at a time, fp32", torch.float32, True, reference)]
     dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
     for dtype in (getattr(torch, name) for name in dtypes):
-        rows.append((f"rq-hf batched, {str(dtype).removeprefix('torch.')}", dtype, False,
-                     measure(model, images, dtype, one_at_a_time=False, repeats=args.repeats)))
+        rows.append(
+            (
+                f"rq-hf batched, {str(dtype).removeprefix('torch.')}",
+                dtype,
+                False,
+                measure(model, images, dtype, one_at_a_time=False, repeats=args.repeats),
+            )
+        )
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"RQ-VAE {args.resolution}x{args.resolution}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-          f"parameters, batch {args.batch_size}, {name}, torch {torch.__version__}")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"CPU, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"RQ-VAE {args.resolution}x{args.resolution}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
+        f"parameters, batch {args.batch_size}, {name}, torch {torch.__version__}"
+    )
     print(f"| {'setting':<38} | encode img/s | ratio | decode img/s | ratio |")
     print(f"|{'-' * 40}|--------------|-------|--------------|-------|")
     for label, _, _, (encode, decode) in rows:
-        print(f"| {label:<38} | {encode:12.2f} | {encode / reference[0]:5.2f} | {decode:12.2f} | "
-              f"{decode / reference[1]:5.2f} |")
+        print(
+            f"| {label:<38} | {encode:12.2f} | {encode / reference[0]:5.2f} | {decode:12.2f} | "
+            f"{decode / reference[1]:5.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,9 @@ def write_cards(output_dir: str | os.PathLike, namespace: str | None = None) -> 
         repo_id = f"{namespace}/rq-{name}" if namespace else None
         content = make_model_card(name, repo_id=repo_id).content
         path = output_dir / f"{name}.md"
-        with tempfile.NamedTemporaryFile("w", encoding="utf-8", newline="\n", dir=output_dir, suffix=".tmp",
-                                         delete=False) as handle:
+        with tempfile.NamedTemporaryFile(
+            "w", encoding="utf-8", newline="\n", dir=output_dir, suffix=".tmp", delete=False
+        ) as handle:
             handle.write(content)
         os.replace(handle.name, path)
         paths.append(path)
@@ -36,10 +37,17 @@ def write_cards(output_dir: str | os.PathLike, namespace: str | None = None) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output_dir", type=Path, default=Path(__file__).parent,
-                        help="folder of the cards (default: this script's folder)")
-    parser.add_argument("--namespace", default=None,
-                        help="Hub user or organisation: snippets load ORG/rq-<release>, not a local folder")
+    parser.add_argument(
+        "--output_dir",
+        type=Path,
+        default=Path(__file__).parent,
+        help="folder of the cards (default: this script's folder)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=None,
+        help="Hub user or organisation: snippets load ORG/rq-<release>, not a local folder",
+    )
     args = parser.parse_args(argv)
     for path in write_cards(args.output_dir, args.namespace):
         print(path)

@@ -63,7 +63,9 @@ def golden_pipeline_dir(tmp_path_factory):
 
     def convert(name):
         if name not in cache:
-            cache[name] = convert_original_checkpoint(FIXTURES / name, tmp_path_factory.mktemp(name) / "pipeline")
+            cache[name] = convert_original_checkpoint(
+                FIXTURES / name, tmp_path_factory.mktemp(name) / "pipeline"
+            )
         return cache[name]
 
     return convert

@@ -25,7 +25,10 @@ def copy_release(golden_dir, name, tmp_path) -> Path:
 @pytest.mark.parametrize("name", ["cin", "txt"])
 def test_converted_folder_loads_and_reproduces_codes(golden_dir, golden_expected, tmp_path, name):
     out = convert_original_checkpoint(golden_dir(name), tmp_path / "out")
-    assert sorted(p.name for p in (out / "vqvae").iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert sorted(p.name for p in (out / "vqvae").iterdir()) == [
+        "config.json",
+        "diffusion_pytorch_model.safetensors",
+    ]
     model = RQVAEModel.from_pretrained(out / "vqvae").eval()
     expected = golden_expected(name)
     assert torch.equal(model.encode(expected["images"]).codes, expected["codes"])
@@ -138,14 +141,30 @@ def test_bad_folders_are_clear_errors(golden_dir, tmp_path):
 def test_conversion_script_and_cli_errors(golden_dir, tmp_path):
     script = REPO / "conversion_scripts" / "convert_rq_original_to_hf.py"
     run = subprocess.run(
-        [sys.executable, str(script), "--checkpoint_dir", str(golden_dir("txt")), "--output_dir", str(tmp_path / "o")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(script),
+            "--checkpoint_dir",
+            str(golden_dir("txt")),
+            "--output_dir",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "o" / "vqvae" / "config.json").is_file()
     failed = subprocess.run(
-        [sys.executable, str(script), "--checkpoint_dir", str(tmp_path / "nope"), "--output_dir", str(tmp_path / "p")],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            str(script),
+            "--checkpoint_dir",
+            str(tmp_path / "nope"),
+            "--output_dir",
+            str(tmp_path / "p"),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert failed.returncode == 2
     assert failed.stderr.startswith("rq-hf convert: error: checkpoint_dir: expected")

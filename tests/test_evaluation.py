@@ -424,6 +424,30 @@ def test_sampling_speed_figure_is_a_png_and_the_schema_is_checked(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
+def test_sampling_speed_figure_keeps_only_the_requested_stage(tmp_path):
+    rows = [
+        {
+            "config": "8x8x4",
+            "batch": 100,
+            "images_per_second": speed * scale,
+            "implementation": name,
+            "stage": stage,
+        }
+        for name, speed in (("rq-hf", 250.0), ("original", 33.0))
+        for stage, scale in (("AR", 1.0), ("end to end", 0.5))
+    ]
+    results, ar_results = tmp_path / "speed.json", tmp_path / "ar.json"
+    results.write_text(json.dumps(rows))
+    ar_results.write_text(json.dumps([row for row in rows if row["stage"] == "AR"]))
+    filtered = plot_sampling_speed(results, tmp_path / "filtered.png", stage="AR").read_bytes()
+    assert filtered.startswith(PNG_SIGNATURE)
+    assert filtered == plot_sampling_speed(ar_results, tmp_path / "ar.png").read_bytes()
+    assert filtered != plot_sampling_speed(results, tmp_path / "end.png", stage="end to end").read_bytes()
+    with pytest.raises(ValueError, match=r"stage: expected a stage present in .*, got 'decode'"):
+        plot_sampling_speed(results, tmp_path / "bad.png", stage="decode")
+    assert not (tmp_path / "bad.png").exists()
+
+
 # ---- bad input
 
 

@@ -43,8 +43,10 @@ def test_release_card_metadata_parses_back(name):
     for result in results:
         assert result.verified is False
         assert result.task_type == release.pipeline_tag
-        assert result.source_url in ("https://arxiv.org/abs/2203.01941",
-                                     "https://github.com/kakaobrain/rq-vae-transformer")
+        assert result.source_url in (
+            "https://arxiv.org/abs/2203.01941",
+            "https://github.com/kakaobrain/rq-vae-transformer",
+        )
     assert release.title in card.text and "@inproceedings{lee2022autoregressive" in card.text
 
 
@@ -54,8 +56,11 @@ def test_usage_snippet_uses_the_pipeline_api(name):
     snippet = _python_block(make_model_card(name))
     compile(snippet, f"{name} usage snippet", "exec")
     assert "import rq_hf" in snippet and f'RQPipeline.from_pretrained("rq-{name}")' in snippet
-    call = {"class": "class_labels=[207, 360]", "text": 'prompt="a painting of a cat"',
-            "unconditional": "num_images_per_prompt=4"}[conditioning]
+    call = {
+        "class": "class_labels=[207, 360]",
+        "text": 'prompt="a painting of a cat"',
+        "unconditional": "num_images_per_prompt=4",
+    }[conditioning]
     assert f"pipe({call}, generator=torch.Generator().manual_seed(0)).images" in snippet
 
 
@@ -110,15 +115,25 @@ def test_unknown_release_name_lists_the_valid_names():
 
 def test_card_for_a_model_trained_with_rq_hf():
     fid = Metric("FID", "fid", 12.5, "MNIST 32x32", "ylecun/mnist", "test", "10K samples")
-    card = ModelCard(str(make_model_card(
-        None, repo_id="someone/rq-mnist", conditioning="class", datasets=["ylecun/mnist"],
-        dataset_description="MNIST digits at 32x32", sampling=SamplingDefaults(top_k=None, top_p=0.9),
-        model_config_summary={"Code map (h x w x D)": "4x4x4", "Transformer width E": 128},
-        extra_metrics=[fid],
-    )))
+    card = ModelCard(
+        str(
+            make_model_card(
+                None,
+                repo_id="someone/rq-mnist",
+                conditioning="class",
+                datasets=["ylecun/mnist"],
+                dataset_description="MNIST digits at 32x32",
+                sampling=SamplingDefaults(top_k=None, top_p=0.9),
+                model_config_summary={"Code map (h x w x D)": "4x4x4", "Transformer width E": 128},
+                extra_metrics=[fid],
+            )
+        )
+    )
     data = card.data
     assert (data.license, data.library_name, data.pipeline_tag) == (
-        DEFAULT_LICENSE, "rq_hf", "unconditional-image-generation"
+        DEFAULT_LICENSE,
+        "rq_hf",
+        "unconditional-image-generation",
     )
     assert data.datasets == ["ylecun/mnist"] and data.model_name == "rq-mnist"
     (result,) = data.eval_results
@@ -138,8 +153,11 @@ def test_trained_model_card_license_and_unconditional_minimum():
 
 def test_release_extras_add_rows_and_measured_metrics():
     measured = Metric("FID", "fid", 11.9, "ImageNet 256x256", "ILSVRC/imagenet-1k", "train", "50K samples")
-    card = make_model_card("imagenet-1.4b", model_config_summary={"Transformer width E": "1536 (checked)"},
-                           extra_metrics=[measured])
+    card = make_model_card(
+        "imagenet-1.4b",
+        model_config_summary={"Transformer width E": "1536 (checked)"},
+        extra_metrics=[measured],
+    )
     assert "| Transformer width E | 1536 (checked) |" in card.text
     assert [r.metric_value for r in card.data.eval_results] == [11.56, 11.9]
 

@@ -41,7 +41,9 @@ def test_text_fixture_driven_by_token_ids_equals_the_original(txt_pipeline, gold
 def test_same_generator_same_images_and_another_seed_differs(cin_pipeline):
     def sample(seed):
         generator = torch.Generator().manual_seed(seed)
-        return cin_pipeline(class_labels=[1, 2], num_images_per_prompt=2, generator=generator, output_type="pt").images
+        return cin_pipeline(
+            class_labels=[1, 2], num_images_per_prompt=2, generator=generator, output_type="pt"
+        ).images
 
     first, second, other = sample(0), sample(0), sample(1)
     assert torch.equal(first, second)
@@ -94,7 +96,9 @@ def test_mismatched_components_are_refused(golden_dir):
     cin, txt = find_original_release(golden_dir("cin")), find_original_release(golden_dir("txt"))
     cin_vqvae, txt_vqvae = convert_rqvae(cin.stage1), convert_rqvae(txt.stage1)
     transformer = convert_rqtransformer(cin.stage2, cin_vqvae)
-    with pytest.raises(ValueError, match=r"^vqvae, transformer: expected components that agree, got code shape"):
+    with pytest.raises(
+        ValueError, match=r"^vqvae, transformer: expected components that agree, got code shape"
+    ):
         RQPipeline(vqvae=txt_vqvae, transformer=transformer)
     other = RQVAEModel(**dict(cin_vqvae.config))
     with pytest.raises(ValueError, match="codebook copy"):
@@ -109,7 +113,9 @@ def test_from_pretrained_with_a_hub_repo_id_uses_the_snapshot(golden_pipeline_di
     (repo_cache / "refs").mkdir()
     (repo_cache / "refs" / "main").write_text(commit)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    pipeline = RQPipeline.from_pretrained("rq-hf/cin-test", cache_dir=tmp_path / "cache", local_files_only=True)
+    pipeline = RQPipeline.from_pretrained(
+        "rq-hf/cin-test", cache_dir=tmp_path / "cache", local_files_only=True
+    )
     assert pipeline.transformer.config.condition_vocab_size == 10
     with pytest.raises(OSError):
         RQPipeline.from_pretrained("rq-hf/not-cached", cache_dir=tmp_path / "cache", local_files_only=True)

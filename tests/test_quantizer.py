@@ -116,7 +116,9 @@ def test_codes_to_embeddings_cumulative_and_partial_depth_decode():
     per_depth = quantizer.codes_to_embeddings(codes)
     cumulative = quantizer.codes_to_embeddings(codes, cumulative=True)
     torch.testing.assert_close(cumulative[..., 2, :], per_depth.sum(dim=-2))
-    torch.testing.assert_close(quantizer.decode_codes(codes, depth=2), per_depth[..., :2, :].sum(-2).permute(0, 3, 1, 2))
+    torch.testing.assert_close(
+        quantizer.decode_codes(codes, depth=2), per_depth[..., :2, :].sum(-2).permute(0, 3, 1, 2)
+    )
 
 
 def test_stochastic_soft_codes_follow_the_generator():

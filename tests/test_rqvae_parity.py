@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from conftest import GOLDEN_NAMES
 
 ATOL = 1e-4
@@ -24,7 +23,9 @@ def test_codes_are_bit_exact_and_latents_match(golden):
 @torch.no_grad()
 def test_reconstruction_and_decode_from_codes_match(golden):
     model, expected = golden
-    torch.testing.assert_close(model(expected["images"]).sample, expected["reconstruction"], atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        model(expected["images"]).sample, expected["reconstruction"], atol=ATOL, rtol=0
+    )
     decoded = model.decode_codes(expected["codes"]).sample
     torch.testing.assert_close(decoded, expected["decoded_from_codes"], atol=ATOL, rtol=0)
     greedy = model.decode_codes(expected["greedy_codes"]).sample

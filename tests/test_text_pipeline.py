@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTokenizerFast,
+)
 
 from rq_hf import RQPipeline, RQTransformerConfig, RQTransformerForImageGeneration, RQVAEModel
 from rq_hf.clip_reranking import rerank_candidates
@@ -27,14 +34,28 @@ def caption_tokenizer(tmp_path_factory):
 def tiny_text_pipeline(tokenizer, null_condition_id=None) -> RQPipeline:
     torch.manual_seed(0)
     vqvae = RQVAEModel(
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D"] * 2,
-        block_out_channels=[32, 32], layers_per_block=1, latent_channels=8, embed_dim=8, sample_size=8,
-        num_quantizers=2, codebook_size=16,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        block_out_channels=[32, 32],
+        layers_per_block=1,
+        latent_channels=8,
+        embed_dim=8,
+        sample_size=8,
+        num_quantizers=2,
+        codebook_size=16,
     ).eval()
     config = RQTransformerConfig(
-        code_shape=[4, 4, 2], vocab_size=16, condition_vocab_size=len(tokenizer), condition_length=CAPTION_LENGTH,
-        hidden_size=32, codebook_dim=8, num_spatial_layers=1, num_depth_layers=1, num_spatial_heads=2,
-        num_depth_heads=2, null_condition_id=null_condition_id,
+        code_shape=[4, 4, 2],
+        vocab_size=16,
+        condition_vocab_size=len(tokenizer),
+        condition_length=CAPTION_LENGTH,
+        hidden_size=32,
+        codebook_dim=8,
+        num_spatial_layers=1,
+        num_depth_layers=1,
+        num_spatial_heads=2,
+        num_depth_heads=2,
+        null_condition_id=null_condition_id,
     )
     transformer = RQTransformerForImageGeneration(config).eval()
     transformer.load_codebooks_from_rqvae(vqvae)
@@ -49,10 +70,22 @@ def text_pipeline(caption_tokenizer):
 def tiny_clip():
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=100, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=16),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=16, patch_size=8),
+        text_config=dict(
+            vocab_size=100,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
         projection_dim=8,
     )
     tokenizer = CLIPTokenizerFast.from_pretrained(_write_clip_tokenizer())
@@ -63,7 +96,11 @@ def tiny_clip():
 def _write_clip_tokenizer() -> Path:
     """A character-level CLIP BPE vocabulary (no merges): enough to tokenize test captions offline."""
     folder = Path(tempfile.mkdtemp())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, **{f"{c}</w>": i + 2 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")}}
+    vocab = {
+        "<|startoftext|>": 0,
+        "<|endoftext|>": 1,
+        **{f"{c}</w>": i + 2 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")},
+    }
     vocab.update({c: len(vocab) + i for i, c in enumerate("abcdefghijklmnopqrstuvwxyz")})
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n")
@@ -82,9 +119,15 @@ def test_prompts_are_tokenized_like_the_original_and_batched(text_pipeline, capt
 
 def test_a_prompt_equals_its_token_ids(text_pipeline, caption_tokenizer):
     prompt = "a photo of a dog"
-    ids = torch.tensor(caption_tokenizer([prompt], padding="max_length", truncation=True, max_length=32)["input_ids"])
-    by_prompt = text_pipeline(prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="pt").images
-    by_ids = text_pipeline(condition_ids=ids, generator=torch.Generator().manual_seed(0), output_type="pt").images
+    ids = torch.tensor(
+        caption_tokenizer([prompt], padding="max_length", truncation=True, max_length=32)["input_ids"]
+    )
+    by_prompt = text_pipeline(
+        prompt=prompt, generator=torch.Generator().manual_seed(0), output_type="pt"
+    ).images
+    by_ids = text_pipeline(
+        condition_ids=ids, generator=torch.Generator().manual_seed(0), output_type="pt"
+    ).images
     assert torch.equal(by_prompt, by_ids)
 
 
@@ -104,8 +147,14 @@ def test_rerank_orders_planted_candidates_by_clip_score():
 
 def test_pipeline_reranking_returns_the_best_images_and_their_scores(text_pipeline):
     clip = tiny_clip()
-    output = text_pipeline(prompt=["a cat", "a dog"], num_images_per_prompt=2, num_candidates=4, rerank_with=clip,
-                           generator=torch.Generator().manual_seed(0), output_type="pt")
+    output = text_pipeline(
+        prompt=["a cat", "a dog"],
+        num_images_per_prompt=2,
+        num_candidates=4,
+        rerank_with=clip,
+        generator=torch.Generator().manual_seed(0),
+        output_type="pt",
+    )
     assert output.images.shape == (4, 3, 8, 8) and output.clip_scores.shape == (4,)
     pairs = output.clip_scores.view(2, 2)
     assert (pairs[:, 0] >= pairs[:, 1]).all()
@@ -121,7 +170,10 @@ def test_pipeline_reranking_returns_the_best_images_and_their_scores(text_pipeli
         (dict(), "prompt"),
         (dict(prompt="a cat", guidance_scale=3.0), "guidance_scale"),
         (dict(prompt="a cat", num_candidates=4), "num_candidates"),
-        (dict(prompt="a cat", num_images_per_prompt=4, num_candidates=2, rerank_with=("m", "p")), "num_candidates"),
+        (
+            dict(prompt="a cat", num_images_per_prompt=4, num_candidates=2, rerank_with=("m", "p")),
+            "num_candidates",
+        ),
         (dict(class_labels=None, rerank_with=("m", "p")), "rerank_with"),
     ],
 )
@@ -147,10 +199,30 @@ def test_cli_generates_from_prompts_with_reranking(text_pipeline, tmp_path):
     model.save_pretrained(tmp_path / "clip")
     processor.save_pretrained(tmp_path / "clip")
     run = subprocess.run(
-        [sys.executable, "-m", "rq_hf.cli", "generate", "--model", str(tmp_path / "pipe"), "--prompt", "a cat",
-         "a dog", "--num-images", "2", "--rerank-with", str(tmp_path / "clip"), "--num-candidates", "3",
-         "--device", "cpu", "--output", str(tmp_path / "grid.png")],
-        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        [
+            sys.executable,
+            "-m",
+            "rq_hf.cli",
+            "generate",
+            "--model",
+            str(tmp_path / "pipe"),
+            "--prompt",
+            "a cat",
+            "a dog",
+            "--num-images",
+            "2",
+            "--rerank-with",
+            str(tmp_path / "clip"),
+            "--num-candidates",
+            "3",
+            "--device",
+            "cpu",
+            "--output",
+            str(tmp_path / "grid.png"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
     )
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "grid.png").is_file()

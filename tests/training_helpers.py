@@ -105,7 +105,12 @@ def run_launched(command: list[str], env: dict, timeout: float = 240) -> subproc
     """Run a launch command to the end; fail with its output when it fails or times out (then the launcher
     and all its ranks are killed, so no rank outlives the test)."""
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
         start_new_session=True,
     )
     try:

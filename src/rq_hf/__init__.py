@@ -11,3 +11,13 @@ from .pipeline_rq import RQPipeline
 from .quantizer import ResidualQuantizer
 
 __version__ = "0.1.0"
+__all__ = [
+    "RQPipeline",
+    "RQTransformerConfig",
+    "RQTransformerForImageGeneration",
+    "RQTransformerOutput",
+    "RQVAEEncoderOutput",
+    "RQVAEModel",
+    "RQVAEOutput",
+    "ResidualQuantizer",
+]

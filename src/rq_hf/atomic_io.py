@@ -27,7 +27,9 @@ def write_folder_atomically(
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"output_dir: expected a folder path, got the existing file {output_dir}")
     if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise ValueError(f"output_dir: expected a missing or empty folder (or overwrite), got non-empty {output_dir}")
+        raise ValueError(
+            f"output_dir: expected a missing or empty folder (or overwrite), got non-empty {output_dir}"
+        )
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = output_dir.parent / f".{output_dir.name}.tmp-{uuid.uuid4().hex}"
     staging.mkdir()  # plain mkdir keeps the umask's permissions once renamed (mkdtemp would make it 0700)

@@ -38,10 +38,14 @@ def _default_device() -> str:
 def _model_path(model: str | None) -> str:
     if model is not None:
         if not Path(model).exists() and (model.count("/") != 1 or model.startswith((".", "/", "~"))):
-            raise UserError(f"--model: expected an existing folder or a Hub repo id (owner/name), got {model!r}")
+            raise UserError(
+                f"--model: expected an existing folder or a Hub repo id (owner/name), got {model!r}"
+            )
         return model
     if not (Path(str(DEFAULT_MODEL)) / "model_index.json").is_file():
-        raise UserError("--model: expected a pipeline folder or Hub repo id (no bundled demo model is installed)")
+        raise UserError(
+            "--model: expected a pipeline folder or Hub repo id (no bundled demo model is installed)"
+        )
     return str(DEFAULT_MODEL)
 
 
@@ -55,7 +59,9 @@ def load_pipeline(model: str | None, device: str = "cpu", dtype: str = "float32"
     try:
         pipeline = RQPipeline.from_pretrained(path, dtype=_torch_dtype(dtype))
     except OSError as error:
-        raise UserError(f"--model: expected a pipeline folder or a reachable Hub repo id, got {path!r} ({error})")
+        raise UserError(
+            f"--model: expected a pipeline folder or a reachable Hub repo id, got {path!r} ({error})"
+        ) from error
     pipeline.set_progress_bar_config(disable=True)
     return pipeline.to(device)
 
@@ -71,7 +77,9 @@ def load_vqvae(model: str | None, dtype: str = "float32"):
     try:
         return RQVAEModel.from_pretrained(path, subfolder=subfolder, dtype=_torch_dtype(dtype)).eval()
     except OSError as error:
-        raise UserError(f"--model: expected an RQ-VAE or pipeline folder or Hub repo id, got {path!r} ({error})")
+        raise UserError(
+            f"--model: expected an RQ-VAE or pipeline folder or Hub repo id, got {path!r} ({error})"
+        ) from error
 
 
 def _one_or_list(values: list | None):
@@ -103,7 +111,7 @@ def run_generate(args: argparse.Namespace) -> None:
     names = [str(label) for label in args.labels] if args.labels else args.prompt or ["sample"]
     rows = [images[i * args.num_images : (i + 1) * args.num_images] for i in range(len(names))]
     if args.output_dir is not None:
-        for name, row in zip(names, rows):
+        for name, row in zip(names, rows, strict=True):
             for index, image in enumerate(row):
                 slug = "".join(c if c.isalnum() else "_" for c in name)[:40]
                 save_image_atomically(image, Path(args.output_dir) / f"{slug}_{index:03d}.png")
@@ -132,7 +140,9 @@ def _load_image(path: str, size: int, channels: int):
         image = Image.open(path)
         image.load()
     except (FileNotFoundError, UnidentifiedImageError, OSError) as error:
-        raise UserError(f"IMAGE: expected a readable image file, got {path!r} ({type(error).__name__})")
+        raise UserError(
+            f"IMAGE: expected a readable image file, got {path!r} ({type(error).__name__})"
+        ) from error
     return image_to_tensor(image, size, channels)
 
 
@@ -156,7 +166,9 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
     columns = [to_pil(images)] + [to_pil(batch) for batch in decoded]
     rows = [[column[i] for column in columns] for i in range(len(args.images))]
-    grid = labelled_grid(rows, [Path(p).stem for p in args.images], ["input"] + [f"d<={d}" for d in range(1, depth + 1)])
+    grid = labelled_grid(
+        rows, [Path(p).stem for p in args.images], ["input"] + [f"d<={d}" for d in range(1, depth + 1)]
+    )
     save_image_atomically(grid, args.output)
     print("PSNR (dB) of the decode of depths 1..d")
     print("| image | " + " | ".join(f"d<={d}" for d in range(1, depth + 1)) + " |")
@@ -209,15 +221,23 @@ def run_info(args: argparse.Namespace) -> None:
 # -- parser ---------------------------------------------------------------------------------------------------
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--checkpoint_dir", "--checkpoint-dir", required=True,
+        "--checkpoint_dir",
+        "--checkpoint-dir",
+        required=True,
         help="original release folder (stage1/, stage2/) or a stage-1 folder (config.yaml, model.pt)",
     )
-    parser.add_argument("--output_dir", "--output-dir", required=True, help="folder to write (missing or empty)")
+    parser.add_argument(
+        "--output_dir", "--output-dir", required=True, help="folder to write (missing or empty)"
+    )
     parser.add_argument("--use_ema", "--use-ema", action="store_true", help="convert state_dict_ema")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty output_dir")
     parser.add_argument("--release", help="original release whose model card to write (see rq_hf.releases)")
-    parser.add_argument("--tokenizer_dir", "--tokenizer-dir", help="caption tokenizer of a text-to-image release")
-    parser.add_argument("--push_to_hub", "--push-to-hub", metavar="REPO_ID", help="upload the folder to this repo")
+    parser.add_argument(
+        "--tokenizer_dir", "--tokenizer-dir", help="caption tokenizer of a text-to-image release"
+    )
+    parser.add_argument(
+        "--push_to_hub", "--push-to-hub", metavar="REPO_ID", help="upload the folder to this repo"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -228,7 +248,9 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rq-hf", description="RQ-VAE / RQ-Transformer image generation tools.")
+    parser = argparse.ArgumentParser(
+        prog="rq-hf", description="RQ-VAE / RQ-Transformer image generation tools."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="generate images with an RQPipeline")
@@ -242,17 +264,25 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
     generate.add_argument("--temperature", type=float)
     generate.add_argument("--guidance-scale", type=float, default=1.0)
-    generate.add_argument("--rerank-with", help="CLIP model id or path: keep the best of --num-candidates per prompt")
-    generate.add_argument("--num-candidates", type=_positive_int, help="candidates per prompt for --rerank-with")
+    generate.add_argument(
+        "--rerank-with", help="CLIP model id or path: keep the best of --num-candidates per prompt"
+    )
+    generate.add_argument(
+        "--num-candidates", type=_positive_int, help="candidates per prompt for --rerank-with"
+    )
     generate.add_argument("--device", default=_default_device())
     generate.add_argument("--dtype", choices=DTYPES, default="float32")
     generate.add_argument("--output", help="PNG grid, one row per label / prompt")
     generate.add_argument("--output-dir", help="one PNG per image instead of a grid")
     generate.set_defaults(handler=run_generate)
 
-    reconstruct = commands.add_parser("reconstruct", help="coarse-to-fine reconstructions (decode of depths 1..D)")
+    reconstruct = commands.add_parser(
+        "reconstruct", help="coarse-to-fine reconstructions (decode of depths 1..D)"
+    )
     reconstruct.add_argument("images", nargs="+", metavar="IMAGE")
-    reconstruct.add_argument("--model", help="pipeline or RQ-VAE folder or Hub repo id (default: the MNIST demo)")
+    reconstruct.add_argument(
+        "--model", help="pipeline or RQ-VAE folder or Hub repo id (default: the MNIST demo)"
+    )
     reconstruct.add_argument("--output", required=True, help="PNG grid: input, then depths 1..D")
     reconstruct.set_defaults(handler=run_reconstruct)
 

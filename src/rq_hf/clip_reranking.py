@@ -17,7 +17,9 @@ def load_clip(rerank_with: str | os.PathLike | tuple) -> tuple:
     """`(CLIPModel, CLIPProcessor)` from a Hub id or local folder, or a `(model, processor)` pair as given."""
     if isinstance(rerank_with, tuple):
         if len(rerank_with) != 2:
-            raise ValueError(f"rerank_with: expected a CLIP id/path or a (model, processor) pair, got {rerank_with!r}")
+            raise ValueError(
+                f"rerank_with: expected a CLIP id/path or a (model, processor) pair, got {rerank_with!r}"
+            )
         return rerank_with
     if not isinstance(rerank_with, (str, os.PathLike)):
         raise TypeError(f"rerank_with: expected a CLIP model id or path, got {type(rerank_with).__name__}")

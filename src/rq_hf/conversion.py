@@ -47,7 +47,9 @@ def read_original_config(path: str | os.PathLike) -> dict:
     except yaml.YAMLError as error:
         raise ValueError(f"config: expected valid YAML in {path}, got a parse error: {error}") from None
     if not isinstance(config, dict) or "arch" not in config:
-        raise ValueError(f"config: expected a mapping with an 'arch' section in {path}, got {type(config).__name__}")
+        raise ValueError(
+            f"config: expected a mapping with an 'arch' section in {path}, got {type(config).__name__}"
+        )
     return config
 
 
@@ -65,7 +67,9 @@ def load_original_state_dict(path: str | os.PathLike, use_ema: bool = False) -> 
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ValueError(f"checkpoint: expected a readable torch.save file at {path}, got an error: {reason}") from None
+        raise ValueError(
+            f"checkpoint: expected a readable torch.save file at {path}, got an error: {reason}"
+        ) from None
     key = "state_dict_ema" if use_ema else "state_dict"
     if not isinstance(checkpoint, dict) or key not in checkpoint:
         found = sorted(checkpoint) if isinstance(checkpoint, dict) else type(checkpoint).__name__
@@ -105,9 +109,14 @@ def find_original_release(checkpoint_dir: str | os.PathLike) -> OriginalRelease:
 def _load_converted(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
     """Load a converted state dict strictly, turning key mismatches into one clear ValueError."""
     expected = model.state_dict()
-    missing, unexpected = sorted(expected.keys() - state_dict.keys()), sorted(state_dict.keys() - expected.keys())
+    missing, unexpected = (
+        sorted(expected.keys() - state_dict.keys()),
+        sorted(state_dict.keys() - expected.keys()),
+    )
     if missing or unexpected:
-        raise ValueError(f"{what}: expected the keys of the model, got missing {missing} and unexpected {unexpected}")
+        raise ValueError(
+            f"{what}: expected the keys of the model, got missing {missing} and unexpected {unexpected}"
+        )
     mismatched = [
         f"{k}: {tuple(v.shape)} vs {tuple(expected[k].shape)}"
         for k, v in state_dict.items()
@@ -153,7 +162,9 @@ def load_caption_tokenizer(tokenizer_dir: str | os.PathLike):
             f"bpe-16k-merges.txt, got {folder}"
         )
     with tempfile.TemporaryDirectory() as converted:
-        return AutoTokenizer.from_pretrained(convert_rq_tokenizer(vocab, merges, Path(converted) / "tokenizer"))
+        return AutoTokenizer.from_pretrained(
+            convert_rq_tokenizer(vocab, merges, Path(converted) / "tokenizer")
+        )
 
 
 def conditioning_of(transformer) -> str:
@@ -209,7 +220,9 @@ def convert_original_checkpoint(
         get_release(release)  # fail before any work on an unknown name
     original = find_original_release(checkpoint_dir)
     if original.stage2 is None and (release or tokenizer_dir):
-        raise ValueError("release, tokenizer_dir: expected a release folder with stage2/ for a pipeline, got stage 1 only")
+        raise ValueError(
+            "release, tokenizer_dir: expected a release folder with stage2/ for a pipeline, got stage 1 only"
+        )
     vqvae = convert_rqvae(original.stage1, use_ema)
     if original.stage2 is None:
         write = lambda folder: vqvae.save_pretrained(folder / "vqvae", safe_serialization=True)  # noqa: E731
@@ -239,5 +252,7 @@ def convert_original_checkpoint(
 
         api = HfApi()
         repo_id = api.create_repo(push_to_hub, exist_ok=True).repo_id
-        api.upload_folder(repo_id=repo_id, folder_path=path, commit_message="Convert the original release with rq-hf")
+        api.upload_folder(
+            repo_id=repo_id, folder_path=path, commit_message="Convert the original release with rq-hf"
+        )
     return path

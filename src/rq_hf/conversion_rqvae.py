@@ -36,7 +36,13 @@ def rqvae_config_from_original(stage1_config: dict) -> dict:
     required = {
         "arch.hparams": ["embed_dim", "n_embed", "latent_shape", "code_shape", "shared_codebook"],
         "arch.ddconfig": [
-            "z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
+            "z_channels",
+            "resolution",
+            "in_channels",
+            "out_ch",
+            "ch",
+            "ch_mult",
+            "num_res_blocks",
             "attn_resolutions",
         ],
     }
@@ -48,9 +54,13 @@ def rqvae_config_from_original(stage1_config: dict) -> dict:
     if bottleneck != _SUPPORTED_BOTTLENECK:
         raise ValueError(f"arch.hparams.bottleneck_type: expected 'rq', got {bottleneck!r}")
     if ddconfig.get("double_z", False):
-        raise ValueError("arch.ddconfig.double_z: expected false (the RQ-VAE encoder is deterministic), got true")
+        raise ValueError(
+            "arch.ddconfig.double_z: expected false (the RQ-VAE encoder is deterministic), got true"
+        )
     if float(ddconfig.get("dropout", 0.0)) != 0.0:
-        raise ValueError(f"arch.ddconfig.dropout: expected 0.0 (diffusers' blocks have none), got {ddconfig['dropout']}")
+        raise ValueError(
+            f"arch.ddconfig.dropout: expected 0.0 (diffusers' blocks have none), got {ddconfig['dropout']}"
+        )
 
     levels = len(ddconfig["ch_mult"])
     resolution = int(ddconfig["resolution"])
@@ -107,24 +117,46 @@ def _key_rules(num_levels: int) -> list[tuple[re.Pattern, Any]]:
         (r"^(encoder|decoder)\.conv_(in|out)\.(weight|bias)$", r"\1.conv_\2.\3"),
         (r"^(encoder|decoder)\.norm_out\.(weight|bias)$", r"\1.conv_norm_out.\2"),
         (r"^(quant_conv|post_quant_conv)\.(weight|bias)$", r"\1.\2"),
-        (rf"^(encoder|decoder)\.mid\.block_(1|2)\.{resnet}\.(weight|bias)$",
-         lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{m[3]}.{m[4]}"),
-        (r"^(encoder|decoder)\.mid\.attn_1\.(norm|q|k|v|proj_out)\.(weight|bias)$",
-         lambda m: f"{m[1]}.mid_block.attentions.0.{attn_names[m[2]]}.{m[3]}"),
-        (rf"^encoder\.down\.(\d+)\.block\.(\d+)\.{resnet}\.(weight|bias)$", r"encoder.down_blocks.\1.resnets.\2.\3.\4"),
-        (r"^encoder\.down\.(\d+)\.block\.(\d+)\.nin_shortcut\.(weight|bias)$",
-         r"encoder.down_blocks.\1.resnets.\2.conv_shortcut.\3"),
-        (r"^encoder\.down\.(\d+)\.attn\.(\d+)\.(norm|q|k|v|proj_out)\.(weight|bias)$",
-         lambda m: f"encoder.down_blocks.{m[1]}.attentions.{m[2]}.{attn_names[m[3]]}.{m[4]}"),
-        (r"^encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)$", r"encoder.down_blocks.\1.downsamplers.0.conv.\2"),
-        (rf"^decoder\.up\.(\d+)\.block\.(\d+)\.{resnet}\.(weight|bias)$",
-         lambda m: f"decoder.up_blocks.{last - int(m[1])}.resnets.{m[2]}.{m[3]}.{m[4]}"),
-        (r"^decoder\.up\.(\d+)\.block\.(\d+)\.nin_shortcut\.(weight|bias)$",
-         lambda m: f"decoder.up_blocks.{last - int(m[1])}.resnets.{m[2]}.conv_shortcut.{m[3]}"),
-        (r"^decoder\.up\.(\d+)\.attn\.(\d+)\.(norm|q|k|v|proj_out)\.(weight|bias)$",
-         lambda m: f"decoder.up_blocks.{last - int(m[1])}.attentions.{m[2]}.{attn_names[m[3]]}.{m[4]}"),
-        (r"^decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)$",
-         lambda m: f"decoder.up_blocks.{last - int(m[1])}.upsamplers.0.conv.{m[2]}"),
+        (
+            rf"^(encoder|decoder)\.mid\.block_(1|2)\.{resnet}\.(weight|bias)$",
+            lambda m: f"{m[1]}.mid_block.resnets.{int(m[2]) - 1}.{m[3]}.{m[4]}",
+        ),
+        (
+            r"^(encoder|decoder)\.mid\.attn_1\.(norm|q|k|v|proj_out)\.(weight|bias)$",
+            lambda m: f"{m[1]}.mid_block.attentions.0.{attn_names[m[2]]}.{m[3]}",
+        ),
+        (
+            rf"^encoder\.down\.(\d+)\.block\.(\d+)\.{resnet}\.(weight|bias)$",
+            r"encoder.down_blocks.\1.resnets.\2.\3.\4",
+        ),
+        (
+            r"^encoder\.down\.(\d+)\.block\.(\d+)\.nin_shortcut\.(weight|bias)$",
+            r"encoder.down_blocks.\1.resnets.\2.conv_shortcut.\3",
+        ),
+        (
+            r"^encoder\.down\.(\d+)\.attn\.(\d+)\.(norm|q|k|v|proj_out)\.(weight|bias)$",
+            lambda m: f"encoder.down_blocks.{m[1]}.attentions.{m[2]}.{attn_names[m[3]]}.{m[4]}",
+        ),
+        (
+            r"^encoder\.down\.(\d+)\.downsample\.conv\.(weight|bias)$",
+            r"encoder.down_blocks.\1.downsamplers.0.conv.\2",
+        ),
+        (
+            rf"^decoder\.up\.(\d+)\.block\.(\d+)\.{resnet}\.(weight|bias)$",
+            lambda m: f"decoder.up_blocks.{last - int(m[1])}.resnets.{m[2]}.{m[3]}.{m[4]}",
+        ),
+        (
+            r"^decoder\.up\.(\d+)\.block\.(\d+)\.nin_shortcut\.(weight|bias)$",
+            lambda m: f"decoder.up_blocks.{last - int(m[1])}.resnets.{m[2]}.conv_shortcut.{m[3]}",
+        ),
+        (
+            r"^decoder\.up\.(\d+)\.attn\.(\d+)\.(norm|q|k|v|proj_out)\.(weight|bias)$",
+            lambda m: f"decoder.up_blocks.{last - int(m[1])}.attentions.{m[2]}.{attn_names[m[3]]}.{m[4]}",
+        ),
+        (
+            r"^decoder\.up\.(\d+)\.upsample\.conv\.(weight|bias)$",
+            lambda m: f"decoder.up_blocks.{last - int(m[1])}.upsamplers.0.conv.{m[2]}",
+        ),
     ]
     return [(re.compile(pattern), replacement) for pattern, replacement in rules]
 
@@ -172,7 +204,9 @@ def convert_rqvae_state_dict(original: dict[str, torch.Tensor], config: dict) ->
         for pattern, replacement in rules:
             match = pattern.match(key)
             if match:
-                new_key = pattern.sub(replacement, key) if isinstance(replacement, str) else replacement(match)
+                new_key = (
+                    pattern.sub(replacement, key) if isinstance(replacement, str) else replacement(match)
+                )
                 if ".attentions." in new_key and new_key.endswith(".weight") and tensor.ndim == 4:
                     tensor = tensor[:, :, 0, 0]
                 converted[new_key] = tensor

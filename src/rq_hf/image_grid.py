@@ -13,12 +13,16 @@ PADDING = 2
 
 
 def labelled_grid(
-    rows: Sequence[Sequence[Image.Image]], row_labels: Sequence[str], column_labels: Sequence[str] | None = None
+    rows: Sequence[Sequence[Image.Image]],
+    row_labels: Sequence[str],
+    column_labels: Sequence[str] | None = None,
 ) -> Image.Image:
     """Paste images into a grid, one row per entry of ``rows``, with a text label left of each row and
     optional labels above the columns. All images must share one size."""
     if not rows or not all(rows) or len(row_labels) != len(rows):
-        raise ValueError(f"rows: expected non-empty rows, one label each, got {len(rows)} rows, {len(row_labels)} labels")
+        raise ValueError(
+            f"rows: expected non-empty rows, one label each, got {len(rows)} rows, {len(row_labels)} labels"
+        )
     width, height = rows[0][0].size
     columns = max(len(row) for row in rows)
     header = 14 if column_labels else 0
@@ -29,7 +33,7 @@ def labelled_grid(
     font = ImageFont.load_default()
     for column, label in enumerate(column_labels or []):
         draw.text((LABEL_WIDTH + column * cell_w + 2, 1), label, fill="black", font=font)
-    for index, (row, label) in enumerate(zip(rows, row_labels)):
+    for index, (row, label) in enumerate(zip(rows, row_labels, strict=True)):
         top = header + index * cell_h
         draw.text((4, top + cell_h // 2 - 6), label[:14], fill="black", font=font)
         for column, image in enumerate(row):

@@ -28,8 +28,14 @@ RELEASE_LICENSE = "cc-by-nc-sa-4.0"
 DEFAULT_LICENSE = "apache-2.0"
 LIBRARY_NAME = "rq_hf"
 
-_TAGS = ["rq-vae", "rq-transformer", "residual-quantization", "autoregressive", "image-generation",
-         "arxiv:2203.01941"]
+_TAGS = [
+    "rq-vae",
+    "rq-transformer",
+    "residual-quantization",
+    "autoregressive",
+    "image-generation",
+    "arxiv:2203.01941",
+]
 _TASK_NAMES = {
     "unconditional": "Unconditional image generation",
     "class": "Class-conditional image generation",
@@ -84,8 +90,14 @@ def make_model_card(
             raise TypeError(
                 f"extra_metrics: expected rq_hf.releases.Metric entries, got {type(metric).__name__}"
             )
-    description = {"conditioning": conditioning, "title": title, "datasets": datasets,
-                   "dataset_description": dataset_description, "sampling": sampling, "license": license}
+    description = {
+        "conditioning": conditioning,
+        "title": title,
+        "datasets": datasets,
+        "dataset_description": dataset_description,
+        "sampling": sampling,
+        "license": license,
+    }
     if release is not None:
         for name, value in description.items():
             if value is not None:
@@ -99,8 +111,9 @@ def make_model_card(
                 f"conditioning: expected one of {', '.join(PIPELINE_TAGS)} for a model trained with rq-hf, "
                 f"got {conditioning!r}"
             )
-        context = _trained_context(conditioning, repo_id, title, datasets, dataset_description, sampling,
-                                   license or DEFAULT_LICENSE)
+        context = _trained_context(
+            conditioning, repo_id, title, datasets, dataset_description, sampling, license or DEFAULT_LICENSE
+        )
     context["architecture"] = _merge_rows(context["architecture"], model_config_summary or {})
     context["metrics"] = list(context["metrics"]) + extra_metrics
     context["pipeline_tag_note"] = _CLASS_TAG_NOTE if context["conditioning"] == "class" else None
@@ -108,8 +121,11 @@ def make_model_card(
     template = jinja2.Environment(
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True, undefined=jinja2.StrictUndefined
     ).from_string(files("rq_hf").joinpath("templates/model_card_template.md").read_text(encoding="utf-8"))
-    return ModelCard(template.render(card_data=card_data.to_yaml(), paper_url=PAPER_URL,
-                                     original_repo_url=ORIGINAL_REPO_URL, **context))
+    return ModelCard(
+        template.render(
+            card_data=card_data.to_yaml(), paper_url=PAPER_URL, original_repo_url=ORIGINAL_REPO_URL, **context
+        )
+    )
 
 
 def _release_context(release: Release, repo_id: str | None) -> dict:
@@ -117,8 +133,9 @@ def _release_context(release: Release, repo_id: str | None) -> dict:
     local_dir = f"rq-{release.name}"
     convert = None
     if repo_id is None:
-        convert = (f"rq-hf convert --checkpoint_dir ORIGINAL_DIR --output_dir {local_dir} "
-                   f"--release {release.name}")
+        convert = (
+            f"rq-hf convert --checkpoint_dir ORIGINAL_DIR --output_dir {local_dir} --release {release.name}"
+        )
     return {
         "release": release,
         "title": release.title,
@@ -142,9 +159,15 @@ def _release_context(release: Release, repo_id: str | None) -> dict:
     }
 
 
-def _trained_context(conditioning: Conditioning, repo_id: str | None, title: str | None,
-                     datasets: Sequence[str] | None, dataset_description: str | None,
-                     sampling: SamplingDefaults | None, license: str) -> dict:
+def _trained_context(
+    conditioning: Conditioning,
+    repo_id: str | None,
+    title: str | None,
+    datasets: Sequence[str] | None,
+    dataset_description: str | None,
+    sampling: SamplingDefaults | None,
+    license: str,
+) -> dict:
     """Template variables of a model trained with rq-hf."""
     name = repo_id.rsplit("/", 1)[-1] if repo_id else "rq-hf-model"
     sentences = {
@@ -176,12 +199,16 @@ def _release_conditioning_sentence(release: Release) -> str:
     """What the release does, in one sentence."""
     size = f"{release.image_size}x{release.image_size}"
     if release.conditioning == "class":
-        return (f"A class-conditional image generator: it draws a {size} image of any of the 1000 ImageNet "
-                "classes, given as ids 0-999 in the standard ImageNet-1k order (for example 207 golden "
-                "retriever, 360 otter).")
+        return (
+            f"A class-conditional image generator: it draws a {size} image of any of the 1000 ImageNet "
+            "classes, given as ids 0-999 in the standard ImageNet-1k order (for example 207 golden "
+            "retriever, 360 otter)."
+        )
     if release.conditioning == "text":
-        return (f"A text-to-image generator: it draws a {size} image from an English prompt of up to "
-                f"{release.cond_length} BPE tokens.")
+        return (
+            f"A text-to-image generator: it draws a {size} image from an English prompt of up to "
+            f"{release.cond_length} BPE tokens."
+        )
     return f"An unconditional image generator: it draws {size} images like those of its training set."
 
 
@@ -234,10 +261,18 @@ def _card_data(context: dict) -> ModelCardData:
     pipeline_tag = PIPELINE_TAGS[conditioning]
     eval_results = [
         EvalResult(
-            task_type=pipeline_tag, task_name=_TASK_NAMES[conditioning], dataset_type=m.dataset_type,
-            dataset_name=m.dataset_name, dataset_split=m.dataset_split, metric_type=m.metric_type,
-            metric_value=m.value, metric_name=m.name, metric_config=m.config, verified=False,
-            source_name=m.source_name if m.source_url else None, source_url=m.source_url,
+            task_type=pipeline_tag,
+            task_name=_TASK_NAMES[conditioning],
+            dataset_type=m.dataset_type,
+            dataset_name=m.dataset_name,
+            dataset_split=m.dataset_split,
+            metric_type=m.metric_type,
+            metric_value=m.value,
+            metric_name=m.name,
+            metric_config=m.config,
+            verified=False,
+            source_name=m.source_name if m.source_url else None,
+            source_url=m.source_url,
         )
         for m in context["metrics"]
     ]

@@ -167,12 +167,16 @@ class RQVAEModel(ModelMixin, ConfigMixin):
     def get_codebook_embeddings(self) -> list[torch.Tensor]:
         """The codebook of each depth, `D` tensors `(K_d, rH*rW*embed_dim)` (detached, float32); with a
         shared codebook the same tensor `D` times. The RQ-Transformer keeps a copy of these."""
-        return [self.quantizer.codebook(d).embeddings.detach().float() for d in range(self.config.num_quantizers)]
+        return [
+            self.quantizer.codebook(d).embeddings.detach().float() for d in range(self.config.num_quantizers)
+        ]
 
     def _check_images(self, images: torch.Tensor) -> None:
         if not isinstance(images, torch.Tensor) or images.ndim != 4 or not images.is_floating_point():
             got = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images: expected a float tensor (B, {self.config.in_channels}, H, W), got {got}")
+            raise ValueError(
+                f"images: expected a float tensor (B, {self.config.in_channels}, H, W), got {got}"
+            )
         fh, fw = self.downsample_factor
         _, channels, height, width = images.shape
         if channels != self.config.in_channels or height % fh or width % fw:
@@ -226,8 +230,14 @@ class RQVAEModel(ModelMixin, ConfigMixin):
             or quantized_latents.ndim != 4
             or quantized_latents.shape[1] != self.config.embed_dim
         ):
-            got = tuple(quantized_latents.shape) if isinstance(quantized_latents, torch.Tensor) else quantized_latents
-            raise ValueError(f"quantized_latents: expected a tensor (B, {self.config.embed_dim}, H', W'), got {got}")
+            got = (
+                tuple(quantized_latents.shape)
+                if isinstance(quantized_latents, torch.Tensor)
+                else quantized_latents
+            )
+            raise ValueError(
+                f"quantized_latents: expected a tensor (B, {self.config.embed_dim}, H', W'), got {got}"
+            )
         sample = self.decoder(self.post_quant_conv(quantized_latents.to(self.post_quant_conv.weight.dtype)))
         if not return_dict:
             return (sample,)

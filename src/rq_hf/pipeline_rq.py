@@ -49,7 +49,9 @@ def component_mismatches(vqvae: RQVAEModel, transformer: RQTransformerForImageGe
     if vq_shape != tr_shape:
         problems.append(f"code shape (h, w, D): vqvae {vq_shape} vs transformer {tr_shape}")
     if list(vqvae.codebook_sizes) != list(transformer.config.vocab_size):
-        problems.append(f"codebook sizes: vqvae {vqvae.codebook_sizes} vs transformer {transformer.config.vocab_size}")
+        problems.append(
+            f"codebook sizes: vqvae {vqvae.codebook_sizes} vs transformer {transformer.config.vocab_size}"
+        )
     if vqvae.quantizer.code_dim != transformer.config.codebook_dim:
         problems.append(
             f"code embedding width: vqvae {vqvae.quantizer.code_dim} vs transformer {transformer.config.codebook_dim}"
@@ -59,7 +61,9 @@ def component_mismatches(vqvae: RQVAEModel, transformer: RQTransformerForImageGe
         codebooks = vqvae.get_codebook_embeddings()
         expected = codebooks[0] if transformer.config.shared_codebook else torch.cat(codebooks)
         if copy.shape != expected.shape or not torch.equal(copy.float().cpu(), expected.cpu()):
-            problems.append("codebook copy: the transformer's codebook copy differs from the vqvae's codebooks")
+            problems.append(
+                "codebook copy: the transformer's codebook copy differs from the vqvae's codebooks"
+            )
     return problems
 
 
@@ -98,7 +102,9 @@ class RQPipeline(DiffusionPipeline):
             or not labels
             or not all(isinstance(label, Integral) and not isinstance(label, bool) for label in labels)
         ):
-            raise ValueError(f"class_labels: expected an int or a non-empty list of ints, got {class_labels!r}")
+            raise ValueError(
+                f"class_labels: expected an int or a non-empty list of ints, got {class_labels!r}"
+            )
         bad = [label for label in labels if not 0 <= label < config.condition_vocab_size]
         if bad:
             raise ValueError(f"class_labels: expected ids in [0, {config.condition_vocab_size}), got {bad}")
@@ -112,15 +118,24 @@ class RQPipeline(DiffusionPipeline):
         if self.tokenizer is None:
             raise ValueError("prompt: expected a pipeline with a tokenizer (a text-to-image model), got none")
         length = self.transformer.config.condition_sequence_length
-        ids = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=length)["input_ids"]
+        ids = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=length)[
+            "input_ids"
+        ]
         return torch.tensor(ids, dtype=torch.long).repeat_interleave(num_images_per_prompt, dim=0)
 
     def prepare_condition_ids(
         self, class_labels, prompt, num_images_per_prompt: int, condition_ids: torch.Tensor | None = None
     ) -> torch.Tensor | None:
         """Condition ids `(B, Lc)` for the transformer, or `None` for an unconditional model."""
-        given = [name for name, value in (("class_labels", class_labels), ("prompt", prompt),
-                                          ("condition_ids", condition_ids)) if value is not None]
+        given = [
+            name
+            for name, value in (
+                ("class_labels", class_labels),
+                ("prompt", prompt),
+                ("condition_ids", condition_ids),
+            )
+            if value is not None
+        ]
         if len(given) > 1:
             raise ValueError(f"{', '.join(given)}: expected at most one of them, got {len(given)}")
         if condition_ids is not None:
@@ -131,7 +146,9 @@ class RQPipeline(DiffusionPipeline):
         conditional = self.transformer.config.is_conditional
         if class_labels is not None:
             if not conditional or self.tokenizer is not None:
-                raise ValueError("class_labels: expected None for a model that is not class-conditional, got labels")
+                raise ValueError(
+                    "class_labels: expected None for a model that is not class-conditional, got labels"
+                )
             return self._class_condition(class_labels, num_images_per_prompt)
         if prompt is not None:
             return self._prompt_condition(prompt, num_images_per_prompt)
@@ -182,15 +199,24 @@ class RQPipeline(DiffusionPipeline):
         """
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type: expected 'pil', 'np' or 'pt', got {output_type!r}")
-        for name, value in (("num_images_per_prompt", num_images_per_prompt), ("decode_batch_size", decode_batch_size)):
-            if value is not None and (not isinstance(value, Integral) or isinstance(value, bool) or value < 1):
+        for name, value in (
+            ("num_images_per_prompt", num_images_per_prompt),
+            ("decode_batch_size", decode_batch_size),
+        ):
+            if value is not None and (
+                not isinstance(value, Integral) or isinstance(value, bool) or value < 1
+            ):
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         num_keep = num_images_per_prompt
         if rerank_with is not None:
             if prompt is None:
                 raise ValueError("rerank_with: expected a prompt to score the images against, got no prompt")
             num_candidates = 64 if num_candidates is None else num_candidates
-            if not isinstance(num_candidates, Integral) or isinstance(num_candidates, bool) or num_candidates < num_keep:
+            if (
+                not isinstance(num_candidates, Integral)
+                or isinstance(num_candidates, bool)
+                or num_candidates < num_keep
+            ):
                 raise ValueError(
                     f"num_candidates: expected an int >= num_images_per_prompt ({num_keep}), got {num_candidates!r}"
                 )
@@ -237,7 +263,9 @@ class RQPipeline(DiffusionPipeline):
         batch_size = batch_size or codes.shape[0]
         images = torch.cat([self.vqvae.decode_codes(chunk).sample for chunk in codes.split(batch_size)])
         if not bool(torch.isfinite(images).all()):
-            raise FloatingPointError("vqvae: the decoder produced NaN or infinite pixels (check weights and dtype)")
+            raise FloatingPointError(
+                "vqvae: the decoder produced NaN or infinite pixels (check weights and dtype)"
+            )
         return images.clamp(-1, 1)
 
     # -- Hub ----------------------------------------------------------------------------------------------
@@ -246,7 +274,9 @@ class RQPipeline(DiffusionPipeline):
         """Download a pipeline repo with `huggingface_hub.snapshot_download` (diffusers' own download rejects
         components from packages other than diffusers/transformers). Takes `cache_dir`, `revision`, `token`,
         `local_files_only`, `force_download`; other diffusers download options are not used."""
-        options = {key: kwargs[key] for key in ("cache_dir", "revision", "token", "force_download") if key in kwargs}
+        options = {
+            key: kwargs[key] for key in ("cache_dir", "revision", "token", "force_download") if key in kwargs
+        }
         return snapshot_download(
             pretrained_model_name,
             allow_patterns=PIPELINE_FILE_PATTERNS,

@@ -39,7 +39,12 @@ class EMACodebook(nn.Module):
     """
 
     def __init__(
-        self, num_codes: int, dim: int, decay: float = 0.99, eps: float = 1e-5, restart_unused_codes: bool = True
+        self,
+        num_codes: int,
+        dim: int,
+        decay: float = 0.99,
+        eps: float = 1e-5,
+        restart_unused_codes: bool = True,
     ):
         super().__init__()
         self.num_codes = num_codes
@@ -158,7 +163,8 @@ class ResidualQuantizer(nn.Module):
         self.code_dim = dim * self.patch_size[0] * self.patch_size[1]
         num_codebooks = 1 if shared_codebook else num_quantizers
         self.codebooks = nn.ModuleList(
-            EMACodebook(sizes[i], self.code_dim, decay, eps, restart_unused_codes) for i in range(num_codebooks)
+            EMACodebook(sizes[i], self.code_dim, decay, eps, restart_unused_codes)
+            for i in range(num_codebooks)
         )
 
     def codebook(self, depth: int) -> EMACodebook:
@@ -284,8 +290,14 @@ class ResidualQuantizer(nn.Module):
             )
 
     def check_codes(self, codes: torch.Tensor, allow_partial_depth: bool = False) -> None:
-        if not isinstance(codes, torch.Tensor) or codes.ndim != 4 or codes.dtype not in (torch.int64, torch.int32):
-            got = (tuple(codes.shape), codes.dtype) if isinstance(codes, torch.Tensor) else type(codes).__name__
+        if (
+            not isinstance(codes, torch.Tensor)
+            or codes.ndim != 4
+            or codes.dtype not in (torch.int64, torch.int32)
+        ):
+            got = (
+                (tuple(codes.shape), codes.dtype) if isinstance(codes, torch.Tensor) else type(codes).__name__
+            )
             raise ValueError(f"codes: expected an int64 tensor (B, h, w, {self.num_quantizers}), got {got}")
         depth = codes.shape[-1]
         if depth != self.num_quantizers and not (allow_partial_depth and 1 <= depth < self.num_quantizers):

@@ -124,7 +124,7 @@ def plot_sampling_speed(
             raise ValueError(f"stage: expected a stage present in {str(results)!r}, got {stage!r}")
     configs = list(dict.fromkeys(row["config"] for row in rows))
     implementations = list(dict.fromkeys(row["implementation"] for row in rows))
-    figure = Figure(figsize=(4.0 * len(configs), 3.6))
+    figure = Figure(figsize=(4.5 * len(configs), 4.2), layout="constrained")
     panels = figure.subplots(1, len(configs), squeeze=False)[0]
     width = 0.8 / len(implementations)
     for panel, config in zip(panels, configs, strict=True):
@@ -144,7 +144,8 @@ def plot_sampling_speed(
         panel.set_xlabel("batch size")
         panel.set_ylabel("images / s")
         panel.set_title(config)
-    panels[0].legend(fontsize="small")
+    handles, labels = panels[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     if title:
         figure.suptitle(title)
     return _save_png(figure, path)
