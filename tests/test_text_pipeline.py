@@ -188,6 +188,22 @@ def test_guidance_works_on_a_model_with_a_null_condition(caption_tokenizer):
     assert torch.isfinite(images).all()
 
 
+def test_guidance_scale_defaults_to_the_generation_config(caption_tokenizer):
+    pipeline = tiny_text_pipeline(caption_tokenizer, null_condition_id=0)
+
+    def images(**kwargs):
+        generator = torch.Generator().manual_seed(3)
+        return pipeline(prompt="a cat", output_type="pt", generator=generator, **kwargs).images
+
+    unguided = images(guidance_scale=1.0)
+    assert torch.equal(images(), unguided)
+    pipeline.transformer.generation_config.guidance_scale = (
+        1e4  # large: a random model barely reads the caption
+    )
+    assert torch.equal(images(), images(guidance_scale=1e4))
+    assert not torch.equal(images(), unguided)
+
+
 @pytest.mark.slow
 def test_cli_generates_from_prompts_with_reranking(text_pipeline, tmp_path):
     import os

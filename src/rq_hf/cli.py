@@ -263,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--top-k", nargs="+", type=int, help="one value or one per depth")
     generate.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
     generate.add_argument("--temperature", type=float)
-    generate.add_argument("--guidance-scale", type=float, default=1.0)
+    generate.add_argument(
+        "--guidance-scale", type=float, help="default: the model's generation config (no guidance)"
+    )
     generate.add_argument(
         "--rerank-with", help="CLIP model id or path: keep the best of --num-candidates per prompt"
     )

@@ -507,7 +507,9 @@ def add_evaluate_parsers(commands) -> None:
     generation.add_argument("--top-k", nargs="+", type=int, help="one value or one per depth")
     generation.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
     generation.add_argument("--temperature", type=float)
-    generation.add_argument("--guidance-scale", type=float, default=1.0)
+    generation.add_argument(
+        "--guidance-scale", type=float, help="default: the model's generation config (no guidance)"
+    )
     generation.add_argument(
         "--clip-model", help="CLIP model folder or Hub id for the CLIP score (text models)"
     )

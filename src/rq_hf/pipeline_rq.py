@@ -167,7 +167,7 @@ class RQPipeline(DiffusionPipeline):
         temperature: float | None = None,
         top_k: int | Sequence[int] | None = None,
         top_p: float | Sequence[float] | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -184,7 +184,8 @@ class RQPipeline(DiffusionPipeline):
             num_images_per_prompt: images per class label / prompt (the batch size of unconditional models).
             temperature, top_k, top_p: sampling settings; `None` takes the transformer's `generation_config` (the
                 release's settings). `top_k`/`top_p` take one value or one per depth.
-            guidance_scale: classifier-free guidance scale (needs a model trained with a null condition).
+            guidance_scale: classifier-free guidance scale (needs a model trained with a null condition); `None`
+                takes the `generation_config`'s, else 1 (no guidance).
             generator: `torch.Generator` on the pipeline's device, for reproducible images.
             output_type: `"pil"`, `"np"` (float `(B, H, W, 3)` in [0, 1]) or `"pt"` (float `(B, 3, H, W)` in [0, 1]).
             decode_batch_size: images per RQ-VAE decoding batch (default: all at once).
