@@ -106,13 +106,36 @@ def test_hard_and_one_hot_soft_labels_give_the_same_loss(converted):
         one_hot = torch.nn.functional.one_hot(codes, max(model.config.vocab_size)).float()
         soft = model(codes, condition_ids=cond, soft_labels=one_hot)
     logits = expected["logits"]
-    reference = torch.nn.functional.cross_entropy(logits.flatten(0, -2), codes.flatten())
+    code_loss = torch.nn.functional.cross_entropy(logits.flatten(0, -2), codes.flatten())
+    torch.testing.assert_close(hard.code_loss, code_loss, atol=1e-4, rtol=0)
+    reference = code_loss
     if name == "txt":
-        reference = reference + torch.nn.functional.cross_entropy(
+        condition_loss = torch.nn.functional.cross_entropy(
             expected["cond_logits"].flatten(0, 1), cond[:, 1:].flatten()
         )
+        torch.testing.assert_close(hard.condition_loss, condition_loss, atol=1e-4, rtol=0)
+        reference = 0.9 * code_loss + 0.1 * condition_loss  # the default condition_loss_weight 0.1
+    else:
+        assert hard.condition_loss is None
     torch.testing.assert_close(hard.loss, reference, atol=1e-4, rtol=0)
     torch.testing.assert_close(soft.loss, hard.loss, atol=1e-5, rtol=0)
+
+
+def test_condition_loss_weight_mixes_the_two_losses():
+    model = rqtransformer_from_original(*load_original("txt"))
+    expected = load_file(FIXTURES / "txt" / "expected.safetensors")
+    codes, cond = expected["codes"], expected["cond"]
+    losses = {}
+    with torch.no_grad():
+        for weight in (0.0, 0.25, 1.0):
+            model.config.condition_loss_weight = weight
+            losses[weight] = model(codes, condition_ids=cond, labels=codes)
+    torch.testing.assert_close(losses[0.0].loss, losses[0.0].code_loss)
+    torch.testing.assert_close(losses[1.0].loss, losses[1.0].condition_loss)
+    expected_mix = 0.75 * losses[0.25].code_loss + 0.25 * losses[0.25].condition_loss
+    torch.testing.assert_close(losses[0.25].loss, expected_mix)
+    with pytest.raises(ValueError, match=r"^condition_loss_weight: expected a float in \[0, 1\], got 1.5"):
+        type(model.config)(**{**model.config.to_dict(), "condition_loss_weight": 1.5})
 
 
 ORIGINAL_NAMES = [

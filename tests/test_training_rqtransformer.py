@@ -134,12 +134,12 @@ def test_soft_label_loss_tends_to_the_hard_label_loss_as_the_temperature_goes_to
 
     codes, soft = train_rqtransformer.code_targets(vqvae, batch, temperature=0, stochastic=False)
     assert soft is None
-    hard_loss, _ = train_rqtransformer.training_loss(transformer, codes, labels, None, 0.1)
+    hard_loss, _ = train_rqtransformer.training_loss(transformer, codes, labels, None)
     gaps = []
     for temperature in (1.0, 0.1, 1e-3, 1e-6):
         soft_codes, soft = train_rqtransformer.code_targets(vqvae, batch, temperature, stochastic=False)
         assert torch.equal(soft_codes, codes)
-        soft_loss, _ = train_rqtransformer.training_loss(transformer, soft_codes, labels, soft, 0.1)
+        soft_loss, _ = train_rqtransformer.training_loss(transformer, soft_codes, labels, soft)
         gaps.append(abs((soft_loss - hard_loss).item()))
     assert gaps == sorted(gaps, reverse=True) and gaps[0] > 1e-3, gaps
     assert gaps[-1] < 1e-5, gaps

@@ -59,7 +59,6 @@ from common import (
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from huggingface_hub import ModelCard
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
@@ -328,6 +327,7 @@ def build_transformer(
         outside = [label for label in args.validation_labels if not 0 <= label < conditioning.num_classes]
         if outside:
             raise flag_error("--validation_labels", f"class ids in [0, {conditioning.num_classes})", outside)
+    transformer.config.condition_loss_weight = args.text_loss_weight
     sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
     transformer.generation_config.update(
         **{key: value for key, value in sampling.items() if value is not None}
@@ -383,19 +383,16 @@ def training_loss(
     codes: torch.LongTensor,
     condition_ids: torch.LongTensor | None,
     soft_labels: torch.Tensor | None,
-    text_loss_weight: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training loss and its parts: cross-entropy of the codes (hard or soft targets) and, for text
-    models, of the caption tokens, mixed as `(1 - text_loss_weight) * codes + text_loss_weight * text`."""
+    """The model's training loss (cross-entropy of the codes, hard or soft targets; for text models mixed with
+    that of the caption tokens by `config.condition_loss_weight`, set from `--text_loss_weight`) and its parts."""
     output = transformer(
         codes, condition_ids, labels=codes if soft_labels is None else None, soft_labels=soft_labels
     )
-    if output.condition_logits is None:
-        return output.loss, {"loss/codes": output.loss.detach()}
-    text = F.cross_entropy(output.condition_logits.flatten(0, 1).float(), condition_ids[:, 1:].flatten())
-    image = output.loss - text  # the model's loss is the plain sum of the two cross-entropies
-    loss = (1 - text_loss_weight) * image + text_loss_weight * text
-    return loss, {"loss/codes": image.detach(), "loss/text": text.detach()}
+    logs = {"loss/codes": output.code_loss.detach()}
+    if output.condition_loss is not None:
+        logs["loss/text"] = output.condition_loss.detach()
+    return output.loss, logs
 
 
 def validation_conditions(args, conditioning: Conditioning, tokenizer) -> list[torch.LongTensor | None]:
@@ -598,7 +595,7 @@ def main(args: argparse.Namespace) -> RQPipeline:
                     torch.rand(condition_ids.shape[0], device=condition_ids.device) < args.condition_dropout
                 )
                 condition_ids = condition_ids.masked_fill(dropped[:, None], conditioning.null_id)
-            loss, logs = training_loss(transformer, codes, condition_ids, soft_labels, args.text_loss_weight)
+            loss, logs = training_loss(transformer, codes, condition_ids, soft_labels)
             accelerator.backward(loss)
             if accelerator.sync_gradients and args.max_grad_norm:
                 accelerator.clip_grad_norm_(transformer.parameters(), args.max_grad_norm)

@@ -64,6 +64,9 @@ class RQTransformerConfig(PretrainedConfig):
         null_condition_id (`int`, *optional*):
             Condition id of the "no condition" input used for classifier-free guidance (repeated over the
             condition length). Only models trained with condition dropout have one; the released ones do not.
+        condition_loss_weight (`float`, defaults to 0.1):
+            For models with a condition classifier (`condition_length > 1`): the training loss is
+            `(1 - w) * code loss + w * condition-token loss`, the original text-to-image recipe's 0.9 / 0.1 split.
         initializer_range (`float`, defaults to 0.02):
             Standard deviation of the normal initialisation of linear, embedding and position weights.
     """
@@ -97,6 +100,7 @@ class RQTransformerConfig(PretrainedConfig):
         shared_cls_emb: bool = True,
         shared_codebook: bool = True,
         null_condition_id: int | None = None,
+        condition_loss_weight: float = 0.1,
         initializer_range: float = 0.02,
         **kwargs,
     ) -> None:
@@ -137,6 +141,11 @@ class RQTransformerConfig(PretrainedConfig):
                 f"null_condition_id: expected an id in [0, {num_conditions}) or None, got {null_condition_id}"
             )
 
+        if not 0 <= condition_loss_weight <= 1:
+            raise ValueError(
+                f"condition_loss_weight: expected a float in [0, 1], got {condition_loss_weight}"
+            )
+
         self.code_shape = code_shape
         self.vocab_size = vocab_size
         self.condition_vocab_size = condition_vocab_size
@@ -162,6 +171,7 @@ class RQTransformerConfig(PretrainedConfig):
         self.shared_cls_emb = shared_cls_emb
         self.shared_codebook = shared_codebook
         self.null_condition_id = null_condition_id
+        self.condition_loss_weight = condition_loss_weight
         self.initializer_range = initializer_range
         super().__init__(**kwargs)
 

@@ -32,18 +32,24 @@ class RQTransformerOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*):
-            Cross-entropy of the codes (hard `labels` or `soft_labels`), plus that of the condition tokens for
-            models with a condition classifier.
+            The training loss: `code_loss`, or for models with a condition classifier
+            `(1 - w) * code_loss + w * condition_loss` with `w = config.condition_loss_weight`.
         logits (`torch.FloatTensor` of shape `(B, h, w, D, K)`):
             Logits of code (h, w, d) given the condition, all earlier positions and the codes of depths < d at
             the same position. `K` is the largest vocab size; entries past depth d's own size are `-inf`.
         condition_logits (`torch.FloatTensor` of shape `(B, Lc - 1, condition_vocab_size)`, *optional*):
             Logits of condition tokens 1..Lc-1 given the earlier ones (models with `condition_length > 1`).
+        code_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean cross-entropy of the codes against hard `labels` or `soft_labels`.
+        condition_loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Mean cross-entropy of condition tokens 1..Lc-1 (models with a condition classifier, given labels).
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     condition_logits: torch.FloatTensor | None = None
+    code_loss: torch.FloatTensor | None = None
+    condition_loss: torch.FloatTensor | None = None
 
 
 def offsets_of(sizes: Sequence[int], shared: bool) -> list[int]:
@@ -565,14 +571,22 @@ class RQTransformerForImageGeneration(RQTransformerPreTrainedModel, GenerationMi
         if self.condition_classifier is not None:
             condition_logits = self.condition_classifier(hidden_states[:, : condition_length - 1])
 
-        loss = None
+        loss = code_loss = condition_loss = None
         if labels is not None or soft_labels is not None:
-            loss = self._code_loss(logits, labels, soft_labels)
+            loss = code_loss = self._code_loss(logits, labels, soft_labels)
             if condition_logits is not None:
-                loss = loss + F.cross_entropy(
+                condition_loss = F.cross_entropy(
                     condition_logits.flatten(0, 1).float(), condition_ids[:, 1:].flatten()
                 )
-        output = RQTransformerOutput(loss=loss, logits=logits, condition_logits=condition_logits)
+                weight = self.config.condition_loss_weight
+                loss = (1 - weight) * code_loss + weight * condition_loss
+        output = RQTransformerOutput(
+            loss=loss,
+            logits=logits,
+            condition_logits=condition_logits,
+            code_loss=code_loss,
+            condition_loss=condition_loss,
+        )
         return output if return_dict is not False else output.to_tuple()
 
     def _training_mask(self, hidden_states: torch.Tensor) -> torch.Tensor | None:
