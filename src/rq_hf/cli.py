@@ -247,6 +247,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--top-k --top-p --temperature --guidance-scale`; unset ones take the model's generation config."""
+    parser.add_argument("--top-k", nargs="+", type=int, help="one value or one per depth")
+    parser.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument(
+        "--guidance-scale", type=float, help="default: the model's generation config (no guidance)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rq-hf", description="RQ-VAE / RQ-Transformer image generation tools."
@@ -260,12 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     condition.add_argument("--prompt", nargs="+", help="captions (text-to-image models)")
     generate.add_argument("--num-images", type=_positive_int, default=1, help="images per label / prompt")
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--top-k", nargs="+", type=int, help="one value or one per depth")
-    generate.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
-    generate.add_argument("--temperature", type=float)
-    generate.add_argument(
-        "--guidance-scale", type=float, help="default: the model's generation config (no guidance)"
-    )
+    add_sampling_arguments(generate)
     generate.add_argument(
         "--rerank-with", help="CLIP model id or path: keep the best of --num-candidates per prompt"
     )

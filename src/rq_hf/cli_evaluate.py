@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .cli import DTYPES, UserError, _one_or_list, load_pipeline, load_vqvae
+from .cli import DTYPES, UserError, _one_or_list, add_sampling_arguments, load_pipeline, load_vqvae
 from .cli_inputs import (
     Processes,
     check_batch_size,
@@ -504,12 +504,7 @@ def add_evaluate_parsers(commands) -> None:
     generation.add_argument(
         "--seed", type=int, default=0, help="process r samples with seed + r (default: 0)"
     )
-    generation.add_argument("--top-k", nargs="+", type=int, help="one value or one per depth")
-    generation.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
-    generation.add_argument("--temperature", type=float)
-    generation.add_argument(
-        "--guidance-scale", type=float, help="default: the model's generation config (no guidance)"
-    )
+    add_sampling_arguments(generation)
     generation.add_argument(
         "--clip-model", help="CLIP model folder or Hub id for the CLIP score (text models)"
     )
