@@ -9,7 +9,8 @@ configuration (random weights): rq-hf decodes in batches of `--decode-batch-size
 original's rows decode one image at a time in fp32, as the original scripts do. `--json-output FILE` appends
 one row per measurement (the schema of `rq_hf.evaluation.figures`, plus `stage`, `ms_per_image`, `device`, ...),
 which `rq_hf.evaluation.plot_sampling_speed` draws as the paper's Figure 4. `--time-budget` skips what would
-start after that many seconds (for leased machines). On a CPU shared with other jobs, set
+start after that many seconds (for leased machines). `--profile FILE` profiles one call of the fastest rq-hf
+method per batch size (top operators printed, a Chrome trace written). On a CPU shared with other jobs, set
 `OMP_WAIT_POLICY=PASSIVE` for multi-thread runs: spinning OpenMP threads otherwise make every method 10-30x slower.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/sampling_speed.py --threads 2 --compile --original-src /tmp/rqorig
@@ -74,12 +75,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--decode-batch-size", type=int, default=64, help="rq-hf RQ-VAE decoding batch")
     parser.add_argument("--json-output", type=Path, default=None, help="append result rows to this JSON list")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds; later measurements skipped")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="after the timings of each batch size, profile one call of the fastest rq-hf method: print its "
+        "top operators and write a Chrome trace to PROFILE-batch<B>.json",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.end_to_end and tuple(args.code_shape) != (8, 8, 4):
         parser.error(
             f"--end-to-end: expected --code-shape 8 8 4 (the released RQ-VAE), got {args.code_shape}"
         )
+    if args.profile is not None and not args.profile.parent.is_dir():
+        parser.error(f"--profile: expected a file path in an existing folder, got {str(args.profile)!r}")
     if "fp16" in args.original_precision and args.device == "cpu" and args.original_src is not None:
         parser.error("--original-precision: fp16 autocast needs --device cuda, got cpu")
     return args
@@ -207,6 +217,26 @@ def best_decode_time(rqvae, codes: torch.Tensor, batch_size: int, clock: Clock, 
     chunks = codes.split(batch_size)
     rqvae.decode_codes(chunks[0])
     return min(clock.time(lambda: [rqvae.decode_codes(chunk) for chunk in chunks]) for _ in range(repeats))
+
+
+def profile_call(
+    function: Callable[[], object], label: str, device: torch.device, path: Path, batch: int
+) -> None:
+    """One call of `function` under torch.profiler: the 25 operators with the most self time on the device
+    (CUDA) or CPU, printed, and a Chrome trace at `path` with `-batch<B>.json` appended to its stem."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profiler:
+        function()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\nprofile of one call: {label}, batch {batch}")
+    print(profiler.key_averages().table(sort_by=sort_by, row_limit=25), flush=True)
+    trace = path.with_name(f"{path.stem}-batch{batch}.json")
+    profiler.export_chrome_trace(str(trace))
+    print(f"Chrome trace: {trace}")
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:
@@ -377,6 +407,11 @@ def main() -> None:
         print_table(batch, results)
         if args.json_output is not None and results:
             append_rows(args.json_output, results)
+        ours_timed = {label: timings[label][0] for label in timings if label.startswith("rq-hf generate")}
+        if args.profile is not None and ours_timed:
+            fastest = min(ours_timed, key=ours_timed.get)
+            with torch.no_grad():
+                profile_call(dict(methods)[fastest], fastest, device, args.profile, batch)
 
 
 if __name__ == "__main__":
