@@ -6,10 +6,9 @@ Load offline: ``evaluate.load(rq_hf.evaluation.evaluate_module_path("rq_clip_sco
 
 import datasets
 import evaluate
-import numpy as np
-import torch
 
 from rq_hf.evaluation import compute_clip_score
+from rq_hf.evaluation.evaluate_inputs import IMAGE_FEATURE, images_to_tensor
 from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = (
@@ -29,8 +28,6 @@ Returns:
     {"clip_score": float}
 """
 
-_IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32"))))
-
 
 class RQClipScore(evaluate.Metric):
     def _info(self):
@@ -38,9 +35,11 @@ class RQClipScore(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": _IMAGE, "references": datasets.Value("string")}),
+            features=datasets.Features(
+                {"predictions": IMAGE_FEATURE, "references": datasets.Value("string")}
+            ),
         )
 
     def _compute(self, predictions, references, model, processor, batch_size=50):
-        images = torch.from_numpy(np.asarray(predictions, dtype=np.float32))
+        images = images_to_tensor(predictions)
         return {"clip_score": compute_clip_score(images, references, model, processor, batch_size=batch_size)}

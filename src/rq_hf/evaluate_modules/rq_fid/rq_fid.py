@@ -7,10 +7,9 @@ images (``references``), or with ``config_name="statistics"`` to compare with an
 
 import datasets
 import evaluate
-import numpy as np
-import torch
 
 from rq_hf.evaluation import compute_fid
+from rq_hf.evaluation.evaluate_inputs import IMAGE_FEATURE, images_to_tensor
 from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = "Fréchet Inception Distance of images against reference images or precomputed statistics."
@@ -28,16 +27,14 @@ Returns:
     {"fid": float}
 """
 
-_IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32"))))
-
 
 class RQFid(evaluate.Metric):
     def _info(self):
         if self.config_name not in ("default", "statistics"):
             raise ValueError(f"config_name: expected 'default' or 'statistics', got {self.config_name!r}")
-        features = {"predictions": _IMAGE}
+        features = {"predictions": IMAGE_FEATURE}
         if self.config_name == "default":
-            features["references"] = _IMAGE
+            features["references"] = IMAGE_FEATURE
         return evaluate.MetricInfo(
             description=_DESCRIPTION,
             citation=_CITATION,
@@ -53,7 +50,7 @@ class RQFid(evaluate.Metric):
                 raise ValueError("reference_statistics: expected the path of an .npz file, got None")
             reference = reference_statistics
         else:
-            reference = torch.from_numpy(np.asarray(references, dtype=np.float32))
-        images = torch.from_numpy(np.asarray(predictions, dtype=np.float32))
+            reference = images_to_tensor(references)
+        images = images_to_tensor(predictions)
         fid = compute_fid(images, reference, feature_extractor=feature_extractor, batch_size=batch_size)
         return {"fid": fid}

@@ -6,10 +6,9 @@ Load offline: ``evaluate.load(rq_hf.evaluation.evaluate_module_path("rq_inceptio
 
 import datasets
 import evaluate
-import numpy as np
-import torch
 
 from rq_hf.evaluation import compute_inception_score
+from rq_hf.evaluation.evaluate_inputs import IMAGE_FEATURE, images_to_tensor
 from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = "Inception Score of generated images: mean and standard deviation over contiguous splits."
@@ -26,8 +25,6 @@ Returns:
     {"inception_score": float, "inception_score_std": float}
 """
 
-_IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32"))))
-
 
 class RQInceptionScore(evaluate.Metric):
     def _info(self):
@@ -35,11 +32,11 @@ class RQInceptionScore(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": _IMAGE}),
+            features=datasets.Features({"predictions": IMAGE_FEATURE}),
         )
 
     def _compute(self, predictions, classifier=None, splits=10, batch_size=50):
-        images = torch.from_numpy(np.asarray(predictions, dtype=np.float32))
+        images = images_to_tensor(predictions)
         mean, std = compute_inception_score(
             images, classifier=classifier, splits=splits, batch_size=batch_size
         )

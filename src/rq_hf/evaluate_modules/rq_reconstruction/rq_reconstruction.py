@@ -6,10 +6,9 @@ Load offline: ``evaluate.load(rq_hf.evaluation.evaluate_module_path("rq_reconstr
 
 import datasets
 import evaluate
-import numpy as np
-import torch
 
 from rq_hf.evaluation import reconstruction_metrics
+from rq_hf.evaluation.evaluate_inputs import IMAGE_FEATURE, images_to_tensor
 from rq_hf.evaluation.modules import PAPER_CITATION
 
 _DESCRIPTION = "rFID, mean PSNR, mean SSIM (and mean LPIPS) of reconstructions against their original images."
@@ -27,8 +26,6 @@ Returns:
     {"rfid": float, "psnr": float, "ssim": float} (and "lpips")
 """
 
-_IMAGE = datasets.Sequence(datasets.Sequence(datasets.Sequence(datasets.Value("float32"))))
-
 
 class RQReconstruction(evaluate.Metric):
     def _info(self):
@@ -36,13 +33,13 @@ class RQReconstruction(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_INPUTS,
-            features=datasets.Features({"predictions": _IMAGE, "references": _IMAGE}),
+            features=datasets.Features({"predictions": IMAGE_FEATURE, "references": IMAGE_FEATURE}),
         )
 
     def _compute(self, predictions, references, feature_extractor=None, with_lpips=False, batch_size=50):
         return reconstruction_metrics(
-            torch.from_numpy(np.asarray(references, dtype=np.float32)),
-            torch.from_numpy(np.asarray(predictions, dtype=np.float32)),
+            images_to_tensor(references),
+            images_to_tensor(predictions),
             feature_extractor=feature_extractor,
             with_lpips=with_lpips,
             batch_size=batch_size,
