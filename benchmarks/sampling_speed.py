@@ -13,6 +13,11 @@ start after that many seconds (for leased machines). `--profile FILE` profiles o
 method per batch size (top operators printed, a Chrome trace written). On a CPU shared with other jobs, set
 `OMP_WAIT_POLICY=PASSIVE` for multi-thread runs: spinning OpenMP threads otherwise make every method 10-30x slower.
 
+Decoding-step variants are timed side by side in the same round-robin: `--attn-implementation` (several values:
+sdpa, eager, or `decode_reduction`, a candidate defined here), `--qkv separate fused` (`fuse_qkv_projections()`)
+and, with `--compile`, `--compile-mode` (several torch.compile modes). Each (attention, qkv) pair is one copy
+of the model; the uncached reference and the greedy check use the first.
+
     OMP_WAIT_POLICY=PASSIVE python benchmarks/sampling_speed.py --threads 2 --compile --original-src /tmp/rqorig
     python benchmarks/sampling_speed.py --device cuda --dtype bf16 --hidden-size 1536 --spatial-layers 42 \
         --depth-layers 6 --heads 24 --codebook-size 16384 --batch-size 100 500 --compile --no-reference \
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import sys
 import time
@@ -32,9 +38,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import AttentionInterface
 
 from rq_hf.conversion_rqtransformer import rqtransformer_config_from_original, rqtransformer_from_original
-from rq_hf.modeling_rqtransformer import RQTransformerForImageGeneration
+from rq_hf.modeling_rqtransformer import RQTransformerForImageGeneration, eager_attention_forward
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +67,28 @@ def parse_args() -> argparse.Namespace:
         default=["fp32"],
         help="original sampler in fp32 and/or under fp16 autocast (its sampling scripts' setting; CUDA only)",
     )
-    parser.add_argument("--attn-implementation", choices=["sdpa", "eager"], default="sdpa")
+    parser.add_argument(
+        "--attn-implementation",
+        choices=["sdpa", "eager", "decode_reduction"],
+        nargs="+",
+        default=["sdpa"],
+        help="one model variant per value (decode_reduction: see decode_reduction_attention)",
+    )
+    parser.add_argument(
+        "--qkv",
+        choices=["separate", "fused"],
+        nargs="+",
+        default=["separate"],
+        help="query/key/value projections as three matrices or fused (model.fuse_qkv_projections()); one "
+        "variant per value, crossed with --attn-implementation",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        choices=["reduce-overhead", "max-autotune", "default", "max-autotune-no-cudagraphs"],
+        nargs="+",
+        default=["reduce-overhead"],
+        help="with --compile: one compiled row per torch.compile mode and variant",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per method (best is reported)")
@@ -93,6 +121,52 @@ def parse_args() -> argparse.Namespace:
     if "fp16" in args.original_precision and args.device == "cpu" and args.original_src is not None:
         parser.error("--original-precision: fp16 autocast needs --device cuda, got cpu")
     return args
+
+
+def decode_reduction_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """
+    Candidate attention for one-query decoding steps, timed here before any library adoption: `q.k` and `p.v` as
+    broadcast products summed in float32, which inductor compiles to fused bandwidth-bound reductions over the
+    static cache (no batched GEMM, no SDPA kernel with a mask). Longer queries (prefill) use eager attention.
+
+    Args: query `(B, H, 1, hd)`, key/value `(B, H, L, hd)`, additive mask `(1, 1, 1, L)`. Returns `(B, 1, H, hd)`.
+    """
+    if query.shape[2] != 1:
+        return eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout)[0], None
+    scores = (query.float() * key.float()).sum(-1) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, 0]
+    probabilities = torch.softmax(scores, dim=-1)
+    output = (probabilities[..., None] * value.float()).sum(-2)
+    return output.to(query.dtype)[:, None], None
+
+
+AttentionInterface.register("decode_reduction", decode_reduction_attention)
+
+
+def model_variants(
+    model: RQTransformerForImageGeneration, args: argparse.Namespace
+) -> list[tuple[str, RQTransformerForImageGeneration]]:
+    """`(name, model)` per (attention implementation, qkv layout); the first variant is `model` itself, the others
+    copies (each keeps its own compiled decoder)."""
+    combinations = list(itertools.product(args.attn_implementation, args.qkv))
+    models = [model] + [copy.deepcopy(model) for _ in combinations[1:]]
+    variants = []
+    for (attention, qkv), variant in zip(combinations, models, strict=True):
+        variant.set_attn_implementation(attention)
+        if qkv == "fused":
+            variant.fuse_qkv_projections()
+        variants.append((f"{args.dtype}, {attention}" + (", fused qkv" if qkv == "fused" else ""), variant))
+    return variants
 
 
 def original_config(args: argparse.Namespace) -> dict:
@@ -250,7 +324,7 @@ def append_rows(path: Path, rows: list[dict]) -> None:
 def print_table(batch: int, results: list[dict]) -> None:
     """One table per batch size; ratios against the fastest original sampler of the same stage."""
     header = (
-        f"| {'method':<50} | {'stage':<10} | {'images/s':>9} | {'ms/image':>9} | {'first call s':>12} |"
+        f"| {'method':<72} | {'stage':<10} | {'images/s':>9} | {'ms/image':>9} | {'first call s':>12} |"
         f" {'vs original':>11} | {'vs reference':>12} |"
     )
     print(f"\nbatch {batch}")
@@ -271,7 +345,7 @@ def print_table(batch: int, results: list[dict]) -> None:
         ratio_reference = f"{speed / references[0]:.2f}x" if references else "-"
         first = f"{row['first_call_seconds']:.1f}" if row.get("first_call_seconds") is not None else "-"
         print(
-            f"| {row['implementation']:<50} | {row['stage']:<10} | {speed:>9.2f} | {row['ms_per_image']:>9.2f} |"
+            f"| {row['implementation']:<72} | {row['stage']:<10} | {speed:>9.2f} | {row['ms_per_image']:>9.2f} |"
             f" {first:>12} | {ratio_original:>11} | {ratio_reference:>12} |",
             flush=True,
         )
@@ -300,7 +374,12 @@ def main() -> None:
         )
     dtype = DTYPES[args.dtype]
     model.to(device=device, dtype=dtype)
-    model.set_attn_implementation(args.attn_implementation)
+    variants = model_variants(model, args)
+    # Each variant and batch size compiles its own decoder: more graphs of one function than dynamo's default.
+    torch._dynamo.config.recompile_limit = max(
+        torch._dynamo.config.recompile_limit,
+        2 * len(variants) * len(args.compile_mode) * len(args.batch_size),
+    )
     rqvae = released_rqvae(device, dtype) if args.end_to_end else None
     rqvae_fp32 = released_rqvae(device, torch.float32) if args.end_to_end and original is not None else None
 
@@ -321,8 +400,8 @@ def main() -> None:
         condition_ids = torch.randint(classes, (batch, 1), device=device) if args.num_classes > 1 else None
         generator = torch.Generator(device).manual_seed(args.seed)
 
-        def ours(condition_ids=condition_ids, batch=batch, generator=generator, **kwargs):
-            return lambda: model.generate(
+        def ours(variant=model, condition_ids=condition_ids, batch=batch, generator=generator, **kwargs):
+            return lambda: variant.generate(
                 condition_ids=condition_ids,
                 num_samples=batch,
                 top_k=None,
@@ -350,11 +429,12 @@ def main() -> None:
                 originals[label] = original_sampler
                 methods.append((label, original_sampler))
 
-        methods += [(f"rq-hf generate ({args.dtype}, {args.attn_implementation}, static cache)", ours())]
-        if args.compile:
-            methods.append(
-                (f"rq-hf generate ({args.dtype}, {args.attn_implementation}, compiled)", ours(compile=True))
-            )
+        for name, variant in variants:
+            methods.append((f"rq-hf generate ({name}, static cache)", ours(variant)))
+            for mode in args.compile_mode if args.compile else []:
+                label = "compiled" if mode == "reduce-overhead" else f"compiled {mode}"
+                options = {"mode": mode, "fullgraph": True}
+                methods.append((f"rq-hf generate ({name}, {label})", ours(variant, compile=options)))
         if not args.no_reference:
             methods.append((f"rq-hf uncached reference ({args.dtype})", ours(use_cache=False)))
         with torch.no_grad():

@@ -1,11 +1,15 @@
 """The sampling-speed benchmark runs end to end on a tiny model and writes rows that the Figure-4 plot reads."""
 
+import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from rq_hf.evaluation import load_sampling_speed, plot_sampling_speed
+from rq_hf.modeling_rqtransformer import causal_attention_mask, eager_attention_forward
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 TINY = ["--hidden-size", "32", "--spatial-layers", "1", "--depth-layers", "1", "--heads", "2"]
@@ -41,3 +45,35 @@ def test_sampling_speed_rejects_a_profile_path_without_a_folder(tmp_path):
     assert run.returncode == 2
     assert "--profile: expected a file path in an existing folder" in run.stderr
     assert not (tmp_path / "missing").exists()
+
+
+def test_variants_are_timed_side_by_side(tmp_path):
+    rows_file = tmp_path / "rows.json"
+    run = sampling_speed(
+        "--batch-size", 2, "--repeats", 1, "--no-reference", "--json-output", rows_file,
+        "--attn-implementation", "sdpa", "decode_reduction", "--qkv", "separate", "fused",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert {row["implementation"] for row in load_sampling_speed(rows_file)} == {
+        f"rq-hf generate (fp32, {attention}{qkv}, static cache)"
+        for attention in ("sdpa", "decode_reduction")
+        for qkv in ("", ", fused qkv")
+    }
+
+
+def test_decode_reduction_attention_equals_eager_attention():
+    spec = importlib.util.spec_from_file_location("sampling_speed", BENCHMARKS / "sampling_speed.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(3, 2, 1, 8, generator=generator)
+    key, value = torch.randn(2, 3, 2, 5, 8, generator=generator)
+    mask = causal_attention_mask(torch.tensor([2]), 5, torch.float32)
+    module = torch.nn.Module().eval()
+    expected, _ = eager_attention_forward(module, query, key, value, mask, scaling=0.3)
+    output, _ = benchmark.decode_reduction_attention(module, query, key, value, mask, scaling=0.3)
+    assert output.shape == (3, 1, 2, 8)
+    torch.testing.assert_close(output, expected)
+    assert not torch.allclose(
+        output, eager_attention_forward(module, query, key, value, None, scaling=0.3)[0]
+    )

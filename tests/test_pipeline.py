@@ -32,6 +32,17 @@ def test_greedy_images_equal_the_originals(cin_pipeline, golden_expected):
     torch.testing.assert_close(images, ((expected["greedy_images"] + 1) / 2).clamp(0, 1), atol=ATOL, rtol=0)
 
 
+def test_fused_qkv_projections_keep_the_greedy_images_of_the_original(golden_pipeline_dir, golden_expected):
+    pipeline = RQPipeline.from_pretrained(golden_pipeline_dir("cin"))
+    pipeline.fuse_qkv_projections()
+    assert pipeline.transformer.spatial_layers[0].self_attn.fused_qkv_weight is not None
+    expected = golden_expected("cin")
+    images = pipeline(class_labels=expected["cond"][:, 0].tolist(), top_k=1, output_type="pt").images
+    torch.testing.assert_close(images, ((expected["greedy_images"] + 1) / 2).clamp(0, 1), atol=ATOL, rtol=0)
+    pipeline.unfuse_qkv_projections()
+    assert pipeline.transformer.spatial_layers[0].self_attn.fused_qkv_weight is None
+
+
 def test_text_fixture_driven_by_token_ids_equals_the_original(txt_pipeline, golden_expected):
     expected = golden_expected("txt")
     images = txt_pipeline(condition_ids=expected["cond"], top_k=1, output_type="pt").images

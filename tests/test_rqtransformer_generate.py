@@ -332,7 +332,58 @@ def test_bfloat16_generation_samples_from_float32_logits():
 def test_decode_step_compiles_as_one_graph():
     model = tiny_model()
     torch._dynamo.reset()
-    compiled = sample(model, compile={"backend": "eager", "fullgraph": True})
+    options = {"backend": "eager", "fullgraph": True}
+    compiled = sample(model, compile=options)
     assert torch.equal(compiled, sample(model))
-    assert model._compiled_decoder.compiled
+    decoder = model._compiled_decoder
+    assert decoder.compile_options == options
+    sample(model, compile=dict(options))
+    assert model._compiled_decoder is decoder
+    other_options = {"backend": "aot_eager", "fullgraph": True}
+    assert torch.equal(sample(model, compile=other_options), compiled)
+    assert model._compiled_decoder.compile_options == other_options
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize(
+    "variant", ["released_flags", "gelu_v2_without_biases", "depth_transformer_heads_differ"]
+)
+def test_fused_qkv_projections_give_the_same_logits_and_codes(variant, tmp_path):
+    model = tiny_model(**VARIANTS[variant])
+    codes, cond = random_codes(model), conditions(model)
+    expected_logits, expected_codes = model(codes, condition_ids=cond).logits, sample(model, top_k=3)
+    model.fuse_qkv_projections()
+    attention = model.spatial_layers[0].self_attn
+    assert attention.fused_qkv_weight.shape == (48, 16)
+    assert (attention.fused_qkv_bias is None) == (attention.q_proj.bias is None)
+    torch.testing.assert_close(model(codes, condition_ids=cond).logits, expected_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(sample(model, top_k=3), expected_codes)
+    assert torch.equal(sample(model, top_k=3, use_cache=False), expected_codes)
+
+    model.save_pretrained(tmp_path)
+    reloaded = RQTransformerForImageGeneration.from_pretrained(tmp_path)
+    assert reloaded.spatial_layers[0].self_attn.fused_qkv_weight is None
+    assert torch.equal(sample(reloaded.eval(), top_k=3), expected_codes)
+
+    model.unfuse_qkv_projections()
+    assert all(
+        layer.self_attn.fused_qkv_weight is None for layer in (*model.spatial_layers, *model.depth_layers)
+    )
+    assert torch.equal(model(codes, condition_ids=cond).logits, expected_logits)
+
+
+def test_fused_qkv_projections_are_refused_in_training_mode():
+    model = tiny_model()
+    model.fuse_qkv_projections()
+    model.train()
+    with pytest.raises(RuntimeError, match="fused_qkv_weight: expected unfused projections in training mode"):
+        model(random_codes(model), condition_ids=conditions(model))
+
+
+def test_fused_decode_step_compiles_as_one_graph():
+    model = tiny_model()
+    expected = sample(model)
+    model.fuse_qkv_projections()
+    torch._dynamo.reset()
+    assert torch.equal(sample(model, compile={"backend": "eager", "fullgraph": True}), expected)
     torch._dynamo.reset()

@@ -182,7 +182,7 @@ class StaticCacheDecoder:
         self.refresh_tables()
         self.settings: SamplingSettings | None = None
         self.step = self.decode_step
-        self.compiled = False
+        self.compile_options: dict | None = None
 
     @torch.no_grad()
     def refresh_tables(self) -> None:
@@ -209,7 +209,7 @@ class StaticCacheDecoder:
         for tensor in self._static_tensors():
             torch._dynamo.mark_static_address(tensor)
         self.step = torch.compile(self.decode_step, **options)
-        self.compiled = True
+        self.compile_options = options
 
     def _static_tensors(self) -> list[torch.Tensor]:
         tensors = [self.spatial_table, self.depth_table, self.spatial_mask]
@@ -274,12 +274,17 @@ class StaticCacheDecoder:
 def _decoder_for(
     model: RQTransformerForImageGeneration, batch_size: int, compile_options: dict | None
 ) -> StaticCacheDecoder:
-    """A fresh decoder, or with `compile_options` the compiled one kept on the model (rebuilt on a new shape)."""
+    """A fresh decoder, or with `compile_options` the compiled one kept on the model (rebuilt for a new batch size,
+    device, dtype or new options)."""
     if compile_options is None:
         return StaticCacheDecoder(model, batch_size)
     parameter = model.spatial_position_embeddings
     decoder = getattr(model, "_compiled_decoder", None)
-    if decoder is None or decoder.key != (batch_size, parameter.device, parameter.dtype):
+    if (
+        decoder is None
+        or decoder.key != (batch_size, parameter.device, parameter.dtype)
+        or decoder.compile_options != compile_options
+    ):
         decoder = StaticCacheDecoder(model, batch_size)
         decoder.compile(**compile_options)
         model._compiled_decoder = decoder
@@ -308,7 +313,7 @@ def _cached_codes(
     codes[:, start], has_nan = decoder.sample_position(spatial_context, draw_noise())
     positions = torch.arange(length, device=codes.device) + decoder.condition_length
     for t in range(start + 1, length):
-        if decoder.compiled:
+        if decoder.compile_options is not None:
             torch.compiler.cudagraph_mark_step_begin()
         step_codes, nan_here = decoder.step(codes[:, t - 1], positions[t - 1 : t], draw_noise())
         codes[:, t] = step_codes

@@ -86,7 +86,10 @@ def eager_attention_forward(
 
 
 class RQTransformerAttention(nn.Module):
-    """Causal multi-head self-attention with separate query/key/value/output projections."""
+    """
+    Causal multi-head self-attention with separate query/key/value/output projections. For inference,
+    [`fuse_qkv_projections`] stacks the first three into one matrix product (as diffusers' attention does).
+    """
 
     def __init__(self, config: RQTransformerConfig, num_heads: int) -> None:
         super().__init__()
@@ -101,6 +104,36 @@ class RQTransformerAttention(nn.Module):
         self.k_proj = nn.Linear(hidden, hidden, bias=bias)
         self.v_proj = nn.Linear(hidden, hidden, bias=bias)
         self.o_proj = nn.Linear(hidden, hidden, bias=bias)
+        self.register_buffer("fused_qkv_weight", None, persistent=False)
+        self.register_buffer("fused_qkv_bias", None, persistent=False)
+
+    @torch.no_grad()
+    def fuse_qkv_projections(self) -> None:
+        """Stack the query/key/value weights into one `(3E, E)` projection (a snapshot, not saved; inference)."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        self.fused_qkv_weight = torch.cat([projection.weight for projection in projections])
+        if self.q_proj.bias is not None:
+            self.fused_qkv_bias = torch.cat([projection.bias for projection in projections])
+
+    def unfuse_qkv_projections(self) -> None:
+        """Drop the fused projection: `forward` uses `q_proj`, `k_proj`, `v_proj` again."""
+        self.fused_qkv_weight = None
+        self.fused_qkv_bias = None
+
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(B, L, E)` -> query, key, value, each `(B, H, L, hd)`: three projections, or one when fused."""
+        batch, length, _ = hidden_states.shape
+        if self.fused_qkv_weight is None:
+            shape = (batch, length, self.num_heads, self.head_dim)
+            projections = (self.q_proj, self.k_proj, self.v_proj)
+            return tuple(projection(hidden_states).view(shape).transpose(1, 2) for projection in projections)
+        if self.training:
+            raise RuntimeError(
+                "fused_qkv_weight: expected unfused projections in training mode (the fused weight is a "
+                "snapshot that gets no gradient), got fused ones; call unfuse_qkv_projections() first"
+            )
+        qkv = F.linear(hidden_states, self.fused_qkv_weight, self.fused_qkv_bias)
+        return qkv.view(batch, length, 3, self.num_heads, self.head_dim).transpose(1, 3).unbind(2)
 
     def forward(
         self,
@@ -119,10 +152,7 @@ class RQTransformerAttention(nn.Module):
             `(B, L, E)`.
         """
         batch, length, _ = hidden_states.shape
-        shape = (batch, length, self.num_heads, self.head_dim)
-        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
-        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
-        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        query, key, value = self.project_qkv(hidden_states)
         if kv_cache is not None:
             key_cache, value_cache = kv_cache
             key_cache.index_copy_(2, cache_position, key)
@@ -445,6 +475,23 @@ class RQTransformerForImageGeneration(RQTransformerPreTrainedModel, GenerationMi
                 "got all zeros"
             )
 
+    # ---- inference ------------------------------------------------------------------------------------------
+
+    def fuse_qkv_projections(self) -> None:
+        """
+        Inference speed-up: every attention layer computes query, key and value with one `(3E, E)` matrix product
+        instead of three (fewer, larger kernels per decoding step). The fused weights are a snapshot of the
+        current ones, are not saved, and are refused in training mode: fuse again after changing the weights,
+        [`unfuse_qkv_projections`] before training.
+        """
+        for layer in (*self.spatial_layers, *self.depth_layers):
+            layer.self_attn.fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self) -> None:
+        """Undo [`fuse_qkv_projections`]: the attention layers use their separate projections again."""
+        for layer in (*self.spatial_layers, *self.depth_layers):
+            layer.self_attn.unfuse_qkv_projections()
+
     # ---- input checks ---------------------------------------------------------------------------------------
 
     def check_codes(self, codes: object, name: str, length: int | None = None) -> torch.Tensor:
@@ -626,7 +673,7 @@ class RQTransformerForImageGeneration(RQTransformerPreTrainedModel, GenerationMi
         prefix_codes: torch.LongTensor | None = None,
         generator: torch.Generator | None = None,
         use_cache: bool = True,
-        compile: bool = False,
+        compile: bool | dict = False,
     ) -> torch.LongTensor:
         """
         Sample code maps: raster order over (h, w), depth innermost.
@@ -646,7 +693,8 @@ class RQTransformerForImageGeneration(RQTransformerPreTrainedModel, GenerationMi
             generator: `torch.Generator` on the model's device, for reproducible samples.
             use_cache: `False` runs the uncached teacher-forced reference (a full forward per code).
             compile: compile the decoding steps with `torch.compile(mode="reduce-overhead", fullgraph=True)`
-                (CUDA graphs on GPU); the compiled decoder is kept for later calls with the same batch size.
+                (CUDA graphs on GPU), or with a dict of `torch.compile` options (e.g. `{"mode": "max-autotune"}`);
+                the compiled decoder is kept for later calls with the same batch size.
 
         Returns:
             `(B, h, w, D)` long codes. Sampling uses fp32 logits whatever the model dtype.

@@ -255,6 +255,15 @@ class RQPipeline(DiffusionPipeline):
             return (images,) if scores is None else (images, scores)
         return RQPipelineOutput(images=images, clip_scores=scores)
 
+    def fuse_qkv_projections(self) -> None:
+        """Fuse the transformer's query/key/value projections (see
+        [`RQTransformerForImageGeneration.fuse_qkv_projections`]); inference only."""
+        self.transformer.fuse_qkv_projections()
+
+    def unfuse_qkv_projections(self) -> None:
+        """Undo [`fuse_qkv_projections`]."""
+        self.transformer.unfuse_qkv_projections()
+
     def decode_codes(self, codes: torch.LongTensor, batch_size: int | None = None) -> torch.Tensor:
         """Codes `(B, h, w, D)` -> images `(B, 3, H, W)` in [-1, 1], decoded `batch_size` at a time.
 
