@@ -694,7 +694,8 @@ class RQTransformerForImageGeneration(RQTransformerPreTrainedModel, GenerationMi
             use_cache: `False` runs the uncached teacher-forced reference (a full forward per code).
             compile: compile the decoding steps with `torch.compile(mode="reduce-overhead", fullgraph=True)`
                 (CUDA graphs on GPU), or with a dict of `torch.compile` options (e.g. `{"mode": "max-autotune"}`);
-                the compiled decoder is kept for later calls with the same batch size.
+                the compiled decoder is kept for later calls with the same batch size. A new batch size compiles
+                again (dynamo's default: from the second size on, one graph with a dynamic batch dimension).
 
         Returns:
             `(B, h, w, D)` long codes. Sampling uses fp32 logits whatever the model dtype.
