@@ -441,10 +441,17 @@ def main() -> None:
             methods.append((f"rq-hf uncached reference ({args.dtype})", ours(use_cache=False)))
         with torch.no_grad():
             timings = best_times(methods, clock, args.repeats)
-            if original is not None and args.dtype == "fp32" and "original sampler (fp32)" in timings:
-                greedy_ours = model.generate(condition_ids=condition_ids, num_samples=batch, top_k=1)
-                same = torch.equal(greedy_ours, originals["original sampler (fp32)"](top_k=1))
-                print(f"greedy codes identical to the original sampler (fp32): {same}")
+            if args.dtype == "fp32":
+                greedy = [
+                    variant.generate(condition_ids=condition_ids, num_samples=batch, top_k=1)
+                    for _, variant in variants
+                ]
+                if len(variants) > 1:
+                    same = all(torch.equal(codes, greedy[0]) for codes in greedy[1:])
+                    print(f"greedy codes of every variant identical: {same}")
+                if original is not None and "original sampler (fp32)" in timings:
+                    same = torch.equal(greedy[0], originals["original sampler (fp32)"](top_k=1))
+                    print(f"greedy codes identical to the original sampler (fp32): {same}")
             decode_seconds = {}
             if rqvae is not None and not clock.out_of_time():
                 codes = ours()()

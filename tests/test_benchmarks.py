@@ -54,6 +54,7 @@ def test_variants_are_timed_side_by_side(tmp_path):
         "--attn-implementation", "sdpa", "decode_reduction", "--qkv", "separate", "fused",
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
+    assert "greedy codes of every variant identical: True" in run.stdout
     assert {row["implementation"] for row in load_sampling_speed(rows_file)} == {
         f"rq-hf generate (fp32, {attention}{qkv}, static cache)"
         for attention in ("sdpa", "decode_reduction")
