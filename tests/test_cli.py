@@ -67,6 +67,7 @@ def test_generate_writes_a_grid_and_per_image_files(pipeline_dir, tmp_path):
         5,
         5,
         5,
+        "--fuse-qkv",
         "--device",
         "cpu",
         "--output-dir",

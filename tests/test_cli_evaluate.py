@@ -148,6 +148,35 @@ def test_generation_fid_against_stats_equals_fid_against_the_dataset(tmp_path, c
     assert json.loads((tmp_path / "c.json").read_text())["metrics"]["fid"] != against_stats["metrics"]["fid"]
 
 
+def test_generation_speed_flags_reach_the_transformer_and_keep_the_samples(
+    golden_pipeline_dir, tmp_path, capsys, monkeypatch
+):
+    from rq_hf.modeling_rqtransformer import RQTransformerForImageGeneration
+
+    calls = []
+    generate = RQTransformerForImageGeneration.generate
+
+    def recording_generate(self, *args, compile=False, **kwargs):
+        fused = self.spatial_layers[0].self_attn.fused_qkv_weight is not None
+        calls.append((compile, fused))
+        # inductor would compile C++ here: the eager backend runs the same compiled-decoder path, cheaply
+        compile = {"backend": "eager", "fullgraph": True} if compile else False
+        return generate(self, *args, compile=compile, **kwargs)
+
+    monkeypatch.setattr(RQTransformerForImageGeneration, "generate", recording_generate)
+    stats = tmp_path / "ref.npz"
+    np.savez(stats, mu=np.zeros(NUM_FEATURES), sigma=np.eye(NUM_FEATURES))
+    common = ["evaluate", "generation", "--model", golden_pipeline_dir("cin"), "--labels", 1, 7, "--top-k", 5]
+    common += ["--num-samples", 4, "--reference-stats", stats, "--feature-extractor", TINY]
+    assert run_cli(capsys, *common, "--output", tmp_path / "plain.json")[0] == 0
+    status, _, err = run_cli(capsys, *common, "--compile", "--fuse-qkv", "--output", tmp_path / "fast.json")
+    assert status == 0, err
+    assert calls == [(False, False), (True, True)]
+    plain, fast = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "fast"))
+    assert fast["metrics"]["fid"] == pytest.approx(plain["metrics"]["fid"], rel=1e-6)
+    assert fast["sampling"]["compile"] and fast["sampling"]["fuse_qkv"] and not plain["sampling"]["fuse_qkv"]
+
+
 def test_inception_score_splits_follow_the_sample_count():
     assert [inception_score_splits(n) for n in (2, 19, 20, 99, 100, 50_000)] == [1, 1, 2, 9, 10, 10]
 

@@ -100,13 +100,10 @@ def run_generate(args: argparse.Namespace) -> None:
         class_labels=args.labels,
         prompt=args.prompt,
         num_images_per_prompt=args.num_images,
-        temperature=args.temperature,
-        top_k=_one_or_list(args.top_k),
-        top_p=_one_or_list(args.top_p),
-        guidance_scale=args.guidance_scale,
         generator=generator,
         rerank_with=args.rerank_with,
         num_candidates=args.num_candidates,
+        **sampling_options(pipeline, args),
     ).images
     names = [str(label) for label in args.labels] if args.labels else args.prompt or ["sample"]
     rows = [images[i * args.num_images : (i + 1) * args.num_images] for i in range(len(names))]
@@ -248,13 +245,35 @@ def _positive_int(text: str) -> int:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--top-k --top-p --temperature --guidance-scale`; unset ones take the model's generation config."""
+    """`--top-k --top-p --temperature --guidance-scale` (unset ones take the model's generation config) and the
+    speed options `--compile --fuse-qkv`."""
     parser.add_argument("--top-k", nargs="+", type=int, help="one value or one per depth")
     parser.add_argument("--top-p", nargs="+", type=float, help="one value or one per depth")
     parser.add_argument("--temperature", type=float)
     parser.add_argument(
         "--guidance-scale", type=float, help="default: the model's generation config (no guidance)"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decoding step (torch.compile, CUDA graphs on GPU): faster after a slow first batch",
+    )
+    parser.add_argument(
+        "--fuse-qkv", action="store_true", help="one query/key/value product per attention layer"
+    )
+
+
+def sampling_options(pipeline, args: argparse.Namespace) -> dict:
+    """Apply `--fuse-qkv` to the pipeline; return the pipeline's sampling keyword arguments from the flags."""
+    if args.fuse_qkv:
+        pipeline.fuse_qkv_projections()
+    return {
+        "temperature": args.temperature,
+        "top_k": _one_or_list(args.top_k),
+        "top_p": _one_or_list(args.top_p),
+        "guidance_scale": args.guidance_scale,
+        "compile": args.compile,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:

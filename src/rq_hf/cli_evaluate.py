@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .cli import DTYPES, UserError, _one_or_list, add_sampling_arguments, load_pipeline, load_vqvae
+from .cli import DTYPES, UserError, add_sampling_arguments, load_pipeline, load_vqvae, sampling_options
 from .cli_inputs import (
     Processes,
     check_batch_size,
@@ -342,6 +342,7 @@ def run_evaluate_generation(args: argparse.Namespace) -> None:
     clip_mean = MeanMetric().set_dtype(torch.float64).to(processes.device)
     logits = []
     generator = torch.Generator(processes.device).manual_seed(args.seed + processes.index)
+    sampling = sampling_options(pipeline, args)
     share = processes.share(total)
     with tqdm(total=len(share), desc="generate", unit="img", disable=not processes.is_main) as progress:
         for start in range(share.start, share.stop, args.batch_size):
@@ -352,12 +353,9 @@ def run_evaluate_generation(args: argparse.Namespace) -> None:
                     class_labels=chosen if kind == "class" else None,
                     prompt=chosen if kind == "text" else None,
                     num_images_per_prompt=len(indices) if kind == "none" else 1,
-                    temperature=args.temperature,
-                    top_k=_one_or_list(args.top_k),
-                    top_p=_one_or_list(args.top_p),
-                    guidance_scale=args.guidance_scale,
                     generator=generator,
                     output_type="pt",
+                    **sampling,
                 )
                 .images.float()
                 .to(processes.device)
@@ -379,14 +377,7 @@ def run_evaluate_generation(args: argparse.Namespace) -> None:
         results["inception_score_splits"] = splits
     if clip is not None:
         metrics["clip_score"] = clip_mean.compute().item()
-    sampling = {
-        "temperature": args.temperature,
-        "top_k": _one_or_list(args.top_k),
-        "top_p": _one_or_list(args.top_p),
-        "guidance_scale": args.guidance_scale,
-        "seed": args.seed,
-        "seeds": "seed + process index",
-    }
+    sampling.update(fuse_qkv=args.fuse_qkv, seed=args.seed, seeds="seed + process index")
     results.update(
         model=args.model or "bundled MNIST demo",
         reference=reference_name,

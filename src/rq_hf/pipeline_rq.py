@@ -175,6 +175,7 @@ class RQPipeline(DiffusionPipeline):
         condition_ids: torch.LongTensor | None = None,
         rerank_with: str | os.PathLike | tuple | None = None,
         num_candidates: int | None = None,
+        compile: bool | dict = False,
     ) -> RQPipelineOutput | tuple:
         r"""Generate images.
 
@@ -194,6 +195,8 @@ class RQPipeline(DiffusionPipeline):
             rerank_with: CLIP model id or path (or a `(CLIPModel, CLIPProcessor)` pair): draw `num_candidates`
                 images per prompt and keep the `num_images_per_prompt` with the highest CLIP score.
             num_candidates: candidates per prompt for re-ranking (default 64, the original notebook's).
+            compile: compile the transformer's decoding step (see [`RQTransformerForImageGeneration.generate`]):
+                `True` for `torch.compile(mode="reduce-overhead")`, or a dict of `torch.compile` options.
 
         Returns:
             [`RQPipelineOutput`] with `images` (and `clip_scores` when re-ranking), or a tuple.
@@ -238,6 +241,7 @@ class RQPipeline(DiffusionPipeline):
                 top_p=top_p,
                 guidance_scale=guidance_scale,
                 generator=generator,
+                compile=compile,
             )
             progress.update()
             images = self.decode_codes(codes, decode_batch_size)
