@@ -15,8 +15,9 @@ method per batch size (top operators printed, a Chrome trace written). On a CPU 
 
 Decoding-step variants are timed side by side in the same round-robin: `--attn-implementation` (several values:
 sdpa, eager, or `decode_reduction`, a candidate defined here), `--qkv separate fused` (`fuse_qkv_projections()`)
-and, with `--compile`, `--compile-mode` (several torch.compile modes). Each (attention, qkv) pair is one copy
-of the model; the uncached reference and the greedy check use the first.
+and, with `--compile`, `--compile-mode` (several torch.compile modes). Each (attention, qkv) pair and each
+further compile mode is one copy of the model (memory: one model and one set of KV caches per compiled row);
+the uncached reference uses the first.
 
     OMP_WAIT_POLICY=PASSIVE python benchmarks/sampling_speed.py --threads 2 --compile --original-src /tmp/rqorig
     python benchmarks/sampling_speed.py --device cuda --dtype bf16 --hidden-size 1536 --spatial-layers 42 \
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import sys
@@ -153,11 +155,18 @@ def decode_reduction_attention(
 AttentionInterface.register("decode_reduction", decode_reduction_attention)
 
 
-def model_variants(
-    model: RQTransformerForImageGeneration, args: argparse.Namespace
-) -> list[tuple[str, RQTransformerForImageGeneration]]:
-    """`(name, model)` per (attention implementation, qkv layout); the first variant is `model` itself, the others
-    copies (each keeps its own compiled decoder)."""
+@dataclasses.dataclass
+class Variant:
+    """One (attention implementation, qkv layout) model, plus one copy per further compile mode: a model keeps
+    one compiled decoder, so modes timed round-robin on one model would rebuild it at every call."""
+
+    name: str
+    model: RQTransformerForImageGeneration
+    compiled: dict[str, RQTransformerForImageGeneration]
+
+
+def model_variants(model: RQTransformerForImageGeneration, args: argparse.Namespace) -> list[Variant]:
+    """A [`Variant`] per (attention implementation, qkv layout); the first one's model is `model` itself."""
     combinations = list(itertools.product(args.attn_implementation, args.qkv))
     models = [model] + [copy.deepcopy(model) for _ in combinations[1:]]
     variants = []
@@ -165,7 +174,10 @@ def model_variants(
         variant.set_attn_implementation(attention)
         if qkv == "fused":
             variant.fuse_qkv_projections()
-        variants.append((f"{args.dtype}, {attention}" + (", fused qkv" if qkv == "fused" else ""), variant))
+        modes = args.compile_mode if args.compile else []
+        compiled = {mode: variant if i == 0 else copy.deepcopy(variant) for i, mode in enumerate(modes)}
+        name = f"{args.dtype}, {attention}" + (", fused qkv" if qkv == "fused" else "")
+        variants.append(Variant(name, variant, compiled))
     return variants
 
 
@@ -431,20 +443,22 @@ def main() -> None:
                 originals[label] = original_sampler
                 methods.append((label, original_sampler))
 
-        for name, variant in variants:
-            methods.append((f"rq-hf generate ({name}, static cache)", ours(variant)))
-            for mode in args.compile_mode if args.compile else []:
+        for variant in variants:
+            methods.append((f"rq-hf generate ({variant.name}, static cache)", ours(variant.model)))
+            for mode, compiled_model in variant.compiled.items():
                 label = "compiled" if mode == "reduce-overhead" else f"compiled {mode}"
                 options = {"mode": mode, "fullgraph": True}
-                methods.append((f"rq-hf generate ({name}, {label})", ours(variant, compile=options)))
+                methods.append(
+                    (f"rq-hf generate ({variant.name}, {label})", ours(compiled_model, compile=options))
+                )
         if not args.no_reference:
             methods.append((f"rq-hf uncached reference ({args.dtype})", ours(use_cache=False)))
         with torch.no_grad():
             timings = best_times(methods, clock, args.repeats)
             if args.dtype == "fp32":
                 greedy = [
-                    variant.generate(condition_ids=condition_ids, num_samples=batch, top_k=1)
-                    for _, variant in variants
+                    variant.model.generate(condition_ids=condition_ids, num_samples=batch, top_k=1)
+                    for variant in variants
                 ]
                 if len(variants) > 1:
                     same = all(torch.equal(codes, greedy[0]) for codes in greedy[1:])

@@ -1,5 +1,6 @@
 """The sampling-speed benchmark runs end to end on a tiny model and writes rows that the Figure-4 plot reads."""
 
+import argparse
 import importlib.util
 import os
 import subprocess
@@ -8,8 +9,13 @@ from pathlib import Path
 
 import torch
 
+from rq_hf.configuration_rqtransformer import RQTransformerConfig
 from rq_hf.evaluation import load_sampling_speed, plot_sampling_speed
-from rq_hf.modeling_rqtransformer import causal_attention_mask, eager_attention_forward
+from rq_hf.modeling_rqtransformer import (
+    RQTransformerForImageGeneration,
+    causal_attention_mask,
+    eager_attention_forward,
+)
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 TINY = ["--hidden-size", "32", "--spatial-layers", "1", "--depth-layers", "1", "--heads", "2"]
@@ -62,10 +68,43 @@ def test_variants_are_timed_side_by_side(tmp_path):
     }
 
 
-def test_decode_reduction_attention_equals_eager_attention():
+def load_benchmark():
     spec = importlib.util.spec_from_file_location("sampling_speed", BENCHMARKS / "sampling_speed.py")
     benchmark = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = benchmark  # its dataclasses look their module up there
     spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+def test_every_compiled_row_has_its_own_model():
+    benchmark = load_benchmark()
+    args = argparse.Namespace(
+        attn_implementation=["sdpa", "eager"],
+        qkv=["separate", "fused"],
+        compile=True,
+        compile_mode=["reduce-overhead", "max-autotune"],
+        dtype="fp32",
+    )
+    model = RQTransformerForImageGeneration(
+        RQTransformerConfig(hidden_size=8, num_spatial_layers=1, num_depth_layers=1, num_spatial_heads=2,
+                            num_depth_heads=2, vocab_size=4, code_shape=(2, 2, 2), codebook_dim=4)
+    )  # fmt: skip
+    variants = benchmark.model_variants(model, args)
+    assert [variant.name for variant in variants] == [
+        "fp32, sdpa", "fp32, sdpa, fused qkv", "fp32, eager", "fp32, eager, fused qkv"
+    ]  # fmt: skip
+    assert variants[0].model is model and variants[0].compiled["reduce-overhead"] is model
+    compiled = [m for variant in variants for m in variant.compiled.values()]
+    assert len({id(m) for m in compiled}) == 8
+    for variant in variants:
+        fused = variant.name.endswith("fused qkv")
+        for copy in variant.compiled.values():
+            assert copy.config._attn_implementation == variant.model.config._attn_implementation
+            assert (copy.spatial_layers[0].self_attn.fused_qkv_weight is not None) == fused
+
+
+def test_decode_reduction_attention_equals_eager_attention():
+    benchmark = load_benchmark()
     generator = torch.Generator().manual_seed(0)
     query = torch.randn(3, 2, 1, 8, generator=generator)
     key, value = torch.randn(2, 3, 2, 5, 8, generator=generator)
