@@ -387,3 +387,37 @@ def test_fused_decode_step_compiles_as_one_graph():
     torch._dynamo.reset()
     assert torch.equal(sample(model, compile={"backend": "eager", "fullgraph": True}), expected)
     torch._dynamo.reset()
+
+
+def test_compiled_steps_after_the_first_check_only_differentiating_guards(monkeypatch):
+    from rq_hf.generation_rqtransformer import StaticCacheDecoder
+
+    def current_stance():  # set_stance replaces the module's stance object
+        stance = torch._dynamo.eval_frame._stance
+        return stance.stance, stance.skip_guard_eval_unsafe
+
+    compile_decoder, stances = StaticCacheDecoder.compile, []
+
+    def recording_compile(self, **options):
+        compile_decoder(self, **options)
+        compiled_step = self.step
+
+        def step(*args):
+            stances.append(current_stance())
+            return compiled_step(*args)
+
+        self.step = step
+
+    monkeypatch.setattr(StaticCacheDecoder, "compile", recording_compile)
+    model, options = tiny_model(), {"backend": "eager", "fullgraph": True}
+    expected = sample(model)
+    torch._dynamo.reset()
+    assert torch.equal(sample(model, compile=options), expected)
+    assert stances == [("default", False)] + [("default", True)] * 4  # 6 positions: prefill + 5 steps
+    assert current_stance() == ("default", False)
+    stances.clear()
+    model._compiled_decoder = None
+    with torch.compiler.set_stance("force_eager"):
+        assert torch.equal(sample(model, compile=options), expected)
+    assert stances == [("force_eager", False)] * 5
+    torch._dynamo.reset()
