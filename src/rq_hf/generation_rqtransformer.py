@@ -303,11 +303,12 @@ def _first_step_guards_only() -> contextlib.AbstractContextManager:
     guards that tell cached graphs apart run (`torch.compiler.set_stance(skip_guard_eval_unsafe=True)`). Applied only
     under the default stance (a caller's "force_eager" and the like are kept) and where torch offers it (>= 2.7).
     """
+    set_stance = getattr(torch.compiler, "set_stance", None)
     stance = getattr(torch._dynamo.eval_frame, "_stance", None)
-    supported = "skip_guard_eval_unsafe" in inspect.signature(torch.compiler.set_stance).parameters
+    supported = set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
     if not supported or stance is None or stance.stance != "default" or stance.skip_guard_eval_unsafe:
         return contextlib.nullcontext()
-    return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True)
+    return set_stance("default", skip_guard_eval_unsafe=True)
 
 
 def _cached_codes(
