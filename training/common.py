@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import logging
 import math
 import os
 import re
@@ -26,9 +27,11 @@ import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers.optimization import SchedulerType
 from PIL import Image
+from tqdm.auto import tqdm
 
 from rq_hf import RQVAEModel
 from rq_hf.evaluation import codebook_perplexity
@@ -41,6 +44,8 @@ BUILDERS_BY_SUFFIX = {
     ".json": "json",
     ".jsonl": "json",
 }
+
+logger = get_logger(__name__)
 
 
 class UsageError(ValueError):
@@ -194,7 +199,8 @@ def check_common_arguments(args: argparse.Namespace) -> None:
 
 def make_accelerator(args: argparse.Namespace) -> Accelerator:
     """The `Accelerator` of a run: gradient accumulation, precision, trackers under OUTPUT_DIR/LOGGING_DIR and
-    a shuffling seeded by `--seed` (the same order on every process, epoch by epoch)."""
+    a shuffling seeded by `--seed` (the same order on every process, epoch by epoch). Also sets up logging and
+    seeds every process with `--seed` alike, so that models built next start from identical weights."""
     if args.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     accelerator = Accelerator(
@@ -212,6 +218,8 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
             f"accelerate launch: expected the {launched} launched processes to join one process group, got "
             f"{accelerator.num_processes} (without a GPU, set ACCELERATE_USE_CPU=1 in the environment)"
         )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
     return accelerator
 
 
@@ -533,6 +541,29 @@ def save_checkpoint(accelerator: Accelerator, args: argparse.Namespace, step: in
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def restore_state(
+    accelerator: Accelerator, args: argparse.Namespace, resume_dir: str | None, first_step: int
+) -> None:
+    """Once the models are prepared: switch every process to its own random stream, then load the checkpoint
+    `resume_dir` (from `resume_checkpoint`) when there is one, which also restores each process's RNG states."""
+    set_seed(args.seed, device_specific=True)
+    if resume_dir is not None:
+        accelerator.load_state(resume_dir)
+        logger.info(f"Resumed from {resume_dir} (step {first_step})")
+    elif args.resume_from_checkpoint is not None:
+        logger.info("No checkpoint to resume from: starting a new run")
+
+
+def step_progress(accelerator: Accelerator, max_train_steps: int, first_step: int) -> tqdm:
+    """The optimizer-step progress bar, on the local main process only."""
+    return tqdm(
+        range(max_train_steps),
+        initial=first_step,
+        desc="steps",
+        disable=not accelerator.is_local_main_process,
+    )
 
 
 def register_pretrained_hooks(accelerator: Accelerator, subfolders: Mapping[type, str]) -> None:

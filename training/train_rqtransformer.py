@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
 import os
 import shlex
 import sys
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 import datasets
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from common import (
     ImageTransform,
     add_data_arguments,
@@ -49,17 +47,18 @@ from common import (
     make_examples,
     push_folder,
     register_pretrained_hooks,
+    restore_state,
     resume_checkpoint,
     run_script,
     save_checkpoint,
     start_run,
+    step_progress,
     training_batches,
     training_length,
 )
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from huggingface_hub import ModelCard
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast
 
 from rq_hf import RQPipeline, RQTransformerConfig, RQTransformerForImageGeneration, RQVAEModel
@@ -481,9 +480,7 @@ def model_card(
 def main(args: argparse.Namespace) -> RQPipeline:
     """Train; returns the trained pipeline (the transformer unwrapped; its EMA weights with --use_ema)."""
     check_arguments(args)
-    accelerator = make_accelerator(args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)  # identical initial weights on every process
+    accelerator = make_accelerator(args)  # also seeds every process alike: identical initial weights
 
     # Everything that can be wrong with the flags fails here, before the first step.
     vqvae = load_rqvae(args.vqvae, "--vqvae")
@@ -560,12 +557,7 @@ def main(args: argparse.Namespace) -> RQPipeline:
         accelerator.register_for_checkpointing(ema)
     register_pretrained_hooks(accelerator, {RQTransformerForImageGeneration: "transformer"})
     # From here on, different random streams per process (dropout, condition dropout, stochastic codes).
-    set_seed(args.seed, device_specific=True)
-    if resume_dir is not None:
-        accelerator.load_state(resume_dir)
-        logger.info(f"Resumed from {resume_dir} (step {first_step})")
-    elif args.resume_from_checkpoint is not None:
-        logger.info("No checkpoint to resume from: starting a new run")
+    restore_state(accelerator, args, resume_dir, first_step)
     start_run(accelerator, args, "train_rqtransformer")
     conditions = validation_conditions(args, conditioning, tokenizer)
 
@@ -575,12 +567,7 @@ def main(args: argparse.Namespace) -> RQPipeline:
         f"{args.gradient_accumulation_steps}, {max_train_steps} optimizer steps"
     )
     global_step = first_step
-    progress = tqdm(
-        range(max_train_steps),
-        initial=global_step,
-        desc="steps",
-        disable=not accelerator.is_local_main_process,
-    )
+    progress = step_progress(accelerator, max_train_steps, first_step)
     transformer.train()
     for batch in training_batches(accelerator, dataloader, examples, steps_per_epoch, first_step):
         if global_step >= max_train_steps:

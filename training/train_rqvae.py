@@ -17,14 +17,12 @@ import argparse
 import contextlib
 import itertools
 import json
-import logging
 import os
 import shlex
 import sys
 
 import torch
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
 from common import (
     ImageTransform,
     add_data_arguments,
@@ -47,10 +45,12 @@ from common import (
     make_examples,
     push_folder,
     register_pretrained_hooks,
+    restore_state,
     resume_checkpoint,
     run_script,
     save_checkpoint,
     start_run,
+    step_progress,
     training_batches,
     training_length,
 )
@@ -58,7 +58,6 @@ from diffusers.optimization import get_scheduler
 from discriminator import PatchGANDiscriminator, adaptive_gan_weight, generator_loss, hinge_discriminator_loss
 from huggingface_hub import ModelCard, ModelCardData
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from rq_hf import RQVAEModel
 from rq_hf.evaluation import psnr
@@ -220,9 +219,7 @@ def model_card(args: argparse.Namespace, vqvae: RQVAEModel, metrics: dict[str, f
 def main(args: argparse.Namespace) -> RQVAEModel:
     """Train; returns the trained RQ-VAE (unwrapped; identical on every process)."""
     check_arguments(args)
-    accelerator = make_accelerator(args)
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    set_seed(args.seed)  # identical initial weights on every process
+    accelerator = make_accelerator(args)  # also seeds every process alike: identical initial weights
 
     # Everything that can be wrong with the flags fails here, before the first step.
     model = build_model(args)
@@ -278,12 +275,7 @@ def main(args: argparse.Namespace) -> RQVAEModel:
     vqvae = accelerator.unwrap_model(model)
     disc_module = accelerator.unwrap_model(discriminator)
     # Different random streams per process (dead-code restarts draw on rank 0 only, as the model broadcasts).
-    set_seed(args.seed, device_specific=True)
-    if resume_dir is not None:
-        accelerator.load_state(resume_dir)
-        logger.info(f"Resumed from {resume_dir} (step {first_step})")
-    elif args.resume_from_checkpoint is not None:
-        logger.info("No checkpoint to resume from: starting a new run")
+    restore_state(accelerator, args, resume_dir, first_step)
     start_run(accelerator, args, "train_rqvae")
 
     logger.info(
@@ -292,12 +284,7 @@ def main(args: argparse.Namespace) -> RQVAEModel:
         f"{max_train_steps} optimizer steps"
     )
     global_step = first_step
-    progress = tqdm(
-        range(max_train_steps),
-        initial=global_step,
-        desc="steps",
-        disable=not accelerator.is_local_main_process,
-    )
+    progress = step_progress(accelerator, max_train_steps, first_step)
     counts = [torch.zeros(size, dtype=torch.long, device=accelerator.device) for size in vqvae.codebook_sizes]
     validation_logs: dict[str, float] = {}
     model.train()
