@@ -305,7 +305,9 @@ def _first_step_guards_only() -> contextlib.AbstractContextManager:
     """
     set_stance = getattr(torch.compiler, "set_stance", None)
     stance = getattr(torch._dynamo.eval_frame, "_stance", None)
-    supported = set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
+    supported = (
+        set_stance is not None and "skip_guard_eval_unsafe" in inspect.signature(set_stance).parameters
+    )
     if not supported or stance is None or stance.stance != "default" or stance.skip_guard_eval_unsafe:
         return contextlib.nullcontext()
     return set_stance("default", skip_guard_eval_unsafe=True)
