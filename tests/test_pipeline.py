@@ -1,5 +1,6 @@
 """RQPipeline: parity with the original greedy images, reproducibility, outputs, save/load, Hub paths."""
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -180,3 +181,8 @@ def test_bad_input_is_a_clear_value_error(cin_pipeline, kwargs, argument):
 def test_images_are_never_nan(cin_pipeline):
     images = cin_pipeline(class_labels=[0, 9], output_type="np").images
     assert np.isfinite(images).all()
+    broken = RQPipeline(vqvae=copy.deepcopy(cin_pipeline.vqvae), transformer=cin_pipeline.transformer)
+    with torch.no_grad():
+        broken.vqvae.decoder.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="vqvae: the decoder produced NaN or infinite pixels"):
+        broken.decode_codes(torch.zeros(1, *cin_pipeline.transformer.config.code_shape, dtype=torch.long))

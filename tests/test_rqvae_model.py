@@ -111,3 +111,12 @@ def test_bad_input_is_a_clear_value_error(tiny_model, call, argument):
 def test_mismatched_block_lists_are_refused():
     with pytest.raises(ValueError, match="expected one entry per level"):
         RQVAEModel(**{**TINY, "block_out_channels": [32, 32, 32]})
+
+
+def test_checked_pixels_clamps_finite_images_and_refuses_nan_and_inf():
+    from rq_hf.modeling_rqvae import checked_pixels
+
+    assert torch.equal(checked_pixels(torch.tensor([-2.0, 0.5, 3.0])), torch.tensor([-1.0, 0.5, 1.0]))
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(FloatingPointError, match="vqvae: the decoder produced NaN or infinite pixels"):
+            checked_pixels(torch.tensor([0.0, bad]))

@@ -45,6 +45,7 @@ from .cli_inputs import (
     sum_across_processes,
     unit_rgb,
 )
+from .modeling_rqvae import checked_pixels
 
 INCEPTION_SCORE_SPLITS = 10
 
@@ -181,13 +182,9 @@ def run_evaluate_reconstruction(args: argparse.Namespace) -> None:
         for batch in batches:
             with torch.no_grad():
                 codes = vqvae.encode(batch.to(processes.device, vqvae.dtype)).codes
-                decoded = vqvae.decode_codes(codes).sample.float()
-            if not bool(torch.isfinite(decoded).all()):
-                raise FloatingPointError(
-                    "vqvae: the decoder produced NaN or infinite pixels (check weights and dtype)"
-                )
+                decoded = checked_pixels(vqvae.decode_codes(codes).sample.float())
             counts += torch.cat(codebook_usage(codes, sizes))
-            yield unit_rgb(batch, processes.device), unit_rgb(decoded.clamp(-1, 1), processes.device)
+            yield unit_rgb(batch, processes.device), unit_rgb(decoded, processes.device)
 
     first, second = itertools.tee(pairs())
     metrics = reconstruction_metrics(

@@ -49,6 +49,20 @@ class RQVAEOutput(BaseOutput):
     commitment_loss: torch.Tensor
 
 
+def checked_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Decoded images `(B, C, H, W)` clamped to [-1, 1], after checking that they are finite (clamping would hide
+    NaN and infinities).
+
+    Raises:
+        FloatingPointError: the decoder produced NaN or infinite values.
+    """
+    if not bool(torch.isfinite(images).all()):
+        raise FloatingPointError(
+            "vqvae: the decoder produced NaN or infinite pixels (check weights and dtype)"
+        )
+    return images.clamp(-1, 1)
+
+
 class RQVAEModel(ModelMixin, ConfigMixin):
     r"""Residual-quantized VAE: images `(B, 3, H, W)` in [-1, 1] <-> code stacks `(B, h, w, D)`.
 

@@ -15,7 +15,7 @@ from huggingface_hub import HfApi, ModelCard, snapshot_download
 
 from .clip_reranking import load_clip, rerank_candidates
 from .modeling_rqtransformer import RQTransformerForImageGeneration
-from .modeling_rqvae import RQVAEModel
+from .modeling_rqvae import RQVAEModel, checked_pixels
 
 #: Files a pipeline folder may hold; `download` fetches only these (no optimizer states, no pickles).
 PIPELINE_FILE_PATTERNS = [
@@ -275,12 +275,9 @@ class RQPipeline(DiffusionPipeline):
             FloatingPointError: the decoder produced NaN or infinite values.
         """
         batch_size = batch_size or codes.shape[0]
-        images = torch.cat([self.vqvae.decode_codes(chunk).sample for chunk in codes.split(batch_size)])
-        if not bool(torch.isfinite(images).all()):
-            raise FloatingPointError(
-                "vqvae: the decoder produced NaN or infinite pixels (check weights and dtype)"
-            )
-        return images.clamp(-1, 1)
+        return checked_pixels(
+            torch.cat([self.vqvae.decode_codes(chunk).sample for chunk in codes.split(batch_size)])
+        )
 
     # -- Hub ----------------------------------------------------------------------------------------------
     @classmethod
