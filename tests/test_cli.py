@@ -6,7 +6,10 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from rq_hf import RQVAEModel
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
@@ -135,6 +138,23 @@ def test_reconstruct_prints_psnr_per_depth(pipeline_dir, tmp_path):
         "reconstruct",
         "IMAGE: expected a readable image file",
     )
+    broken = RQVAEModel.from_pretrained(pipeline_dir, subfolder="vqvae")
+    with torch.no_grad():
+        broken.decoder.conv_out.bias.fill_(float("nan"))
+    broken.save_pretrained(tmp_path / "broken")
+    assert_user_error(
+        rq_hf(
+            "reconstruct",
+            tmp_path / "in0.png",
+            "--model",
+            tmp_path / "broken",
+            "--output",
+            tmp_path / "r3.png",
+        ),
+        "reconstruct",
+        "vqvae: the decoder produced NaN or infinite pixels",
+    )
+    assert not (tmp_path / "r3.png").exists()
 
 
 @pytest.mark.slow

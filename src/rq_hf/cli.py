@@ -149,13 +149,14 @@ def run_reconstruct(args: argparse.Namespace) -> None:
 
     from .evaluation.reconstruction import psnr
     from .image_grid import labelled_grid, save_image_atomically
+    from .modeling_rqvae import checked_pixels
 
     vqvae = load_vqvae(args.model)
     size, depth = vqvae.config.sample_size, vqvae.config.num_quantizers
     images = torch.stack([_load_image(path, size, vqvae.config.in_channels) for path in args.images])
     with torch.no_grad():
         codes = vqvae.encode(images).codes
-        decoded = [vqvae.decode_codes(codes, depth=d).sample.clamp(-1, 1) for d in range(1, depth + 1)]
+        decoded = [checked_pixels(vqvae.decode_codes(codes, depth=d).sample) for d in range(1, depth + 1)]
 
     def to_pil(batch: torch.Tensor) -> list:
         array = ((batch + 1) * 127.5).round().byte().permute(0, 2, 3, 1).squeeze(-1).numpy()
