@@ -3,7 +3,7 @@
 # K=16384, random weights, bf16, 8x8x4 codes, compiled) at one batch size on one GPU, timed round-robin in one run
 # next to the original sampler (fp32 and fp16 autocast) on the same weights:
 #   - query/key/value: separate and fused (model.fuse_qkv_projections());
-#   - torch.compile mode: reduce-overhead (generate(compile=True)) and max-autotune (GEMM tile/split-K search,
+#   - torch.compile mode: auto (generate(compile=True): reduce-overhead on GPU) and max-autotune (GEMM tile/split-K search,
 #     also CUDA graphs): at batch 100 an N=1536 projection has ~12 output tiles for 132 SMs;
 #   - one profile of the fastest rq-hf variant (top operators printed, Chrome trace gzipped).
 # Other attention variants: SPEED_ARGS="--attn-implementation sdpa eager decode_reduction".
@@ -26,7 +26,7 @@ python3 "$here/sampling_speed.py" --device "${DEVICE:-cuda}" --dtype bf16 \
     --hidden-size 1536 --spatial-layers 42 --depth-layers 6 --heads 24 --codebook-size 16384 \
     --code-shape 8 8 4 --batch-size "$batch" --compile --no-reference --repeats 2 \
     --original-src "$original_src" --original-precision fp32 fp16 \
-    --qkv separate fused --compile-mode reduce-overhead max-autotune \
+    --qkv separate fused --compile-mode auto max-autotune \
     --json-output "$output_dir/decode_variants.json" --profile "$output_dir/profile.json" \
     --time-budget "$total_seconds" "${extra[@]}" | tee "$output_dir/decode_variants_b$batch.txt"
 status=${PIPESTATUS[0]}

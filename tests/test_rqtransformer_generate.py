@@ -345,6 +345,43 @@ def test_decode_step_compiles_as_one_graph():
     torch._dynamo.reset()
 
 
+def test_compile_true_means_cuda_graphs_on_gpu_and_frozen_gemm_templates_on_cpu():
+    from rq_hf.generation_rqtransformer import default_compile_options, freezes_weights
+
+    gpu = default_compile_options(torch.device("cuda"))
+    assert gpu == {"mode": "reduce-overhead", "fullgraph": True} and not freezes_weights(gpu)
+    cpu = default_compile_options(torch.device("cpu"))
+    assert cpu["fullgraph"] and cpu["options"]["max_autotune"] and freezes_weights(cpu)
+    torch.compile(lambda x: x, **cpu)  # options torch.compile accepts (mode and options exclude each other)
+
+
+@pytest.mark.slow
+def test_compiled_step_with_frozen_weights_recompiles_after_a_weight_change():
+    from rq_hf.generation_rqtransformer import StaticCacheDecoder
+
+    model, options = (
+        tiny_model(),
+        {"fullgraph": True, "options": {"freezing": True}},
+    )  # compile=True on CPU, untuned
+    torch._dynamo.reset()
+    assert torch.equal(sample(model, compile=options), sample(model))
+    decoder = model._compiled_decoder
+    assert decoder.frozen_weights is not None and decoder.weights_unchanged()
+    sample(model, compile=options)
+    assert model._compiled_decoder is decoder
+    with torch.no_grad():
+        model.spatial_layers[0].mlp.fc1.weight.mul_(-2.0)
+    assert not decoder.weights_unchanged()
+    changed = sample(model)
+    assert torch.equal(sample(model, compile=options), changed)  # not the graph holding the old weights
+    assert model._compiled_decoder is not decoder
+    shared_cache = torch._dynamo.eval_frame._debug_get_cache_entry_list(
+        StaticCacheDecoder.decode_step.__code__
+    )
+    assert shared_cache == []  # each frozen decoder compiled into a dynamo cache of its own
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize(
     "variant", ["released_flags", "gelu_v2_without_biases", "depth_transformer_heads_differ"]
 )

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import itertools
 import math
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -21,7 +23,62 @@ import torch.nn.functional as F
 
 from .modeling_rqtransformer import RQTransformerForImageGeneration, causal_attention_mask
 
-DEFAULT_COMPILE_OPTIONS = {"mode": "reduce-overhead", "fullgraph": True}
+
+def default_compile_options(device: torch.device) -> dict:
+    """
+    The `torch.compile` options of `generate(compile=True)` on `device`. GPU: CUDA graphs over the one graph of a
+    step (`mode="reduce-overhead"`). CPU: inductor's C++ GEMM templates, chosen per matrix product by autotuning
+    against MKL (on the few-row products of a decoding step they ran 3-4x faster than MKL here). They need the
+    weights as compile-time constants (`freezing`: the graph holds a repacked copy of them, so the decoder
+    recompiles when the weights change), and autotuning makes the first call slower; its tables are not printed.
+    """
+    if device.type != "cpu":
+        return {"mode": "reduce-overhead", "fullgraph": True}
+    quiet = {"autotune_num_choices_displayed": 0, "max_autotune_report_choices_stats": False}
+    return {"fullgraph": True, "options": {"freezing": True, "max_autotune": True, **quiet}}
+
+
+def freezes_weights(compile_options: dict) -> bool:
+    """Whether `torch.compile(**compile_options)` bakes parameters and buffers into the graph as constants."""
+    from torch._inductor import config as inductor_config
+
+    return bool(compile_options.get("options", {}).get("freezing", inductor_config.freezing))
+
+
+def _weights_state(model: torch.nn.Module) -> list[tuple[torch.Tensor, int, int]]:
+    """Each parameter and buffer with its in-place version counter and data address (changed by `.data = ...`)."""
+    return [
+        (tensor, tensor._version, tensor.data_ptr())
+        for tensor in itertools.chain(model.parameters(), model.buffers())
+    ]
+
+
+def _same_weights(
+    state: list[tuple[torch.Tensor, int, int]], current: list[tuple[torch.Tensor, int, int]]
+) -> bool:
+    return len(state) == len(current) and all(
+        old is new and old_version == new_version and old_address == new_address
+        for (old, old_version, old_address), (new, new_version, new_address) in zip(
+            state, current, strict=True
+        )
+    )
+
+
+def _own_code_copy(method: types.MethodType) -> types.MethodType:
+    """
+    `method` rebound to a copy of its function with its own code object. Dynamo keeps compiled graphs per code
+    object; graphs that hold frozen weights must go with their decoder, not stay in the cache all decoders share
+    (where they would keep old weight copies alive and count towards dynamo's recompile limit).
+    """
+    function = method.__func__
+    copy = types.FunctionType(
+        function.__code__.replace(),
+        function.__globals__,
+        function.__name__,
+        function.__defaults__,
+        function.__closure__,
+    )
+    return types.MethodType(copy, method.__self__)
 
 
 def sample_from_logits(
@@ -185,6 +242,7 @@ class StaticCacheDecoder:
         self.settings: SamplingSettings | None = None
         self.step = self.decode_step
         self.compile_options: dict | None = None
+        self.frozen_weights: list[tuple[torch.Tensor, int, int]] | None = None
 
     @torch.no_grad()
     def refresh_tables(self) -> None:
@@ -207,11 +265,32 @@ class StaticCacheDecoder:
             self.depth_bias.copy_(depth_bias)
 
     def compile(self, **options) -> None:
-        """Compile the decode step with `torch.compile(**options)`; caches and tables get static addresses."""
+        """
+        Compile the decode step with `torch.compile(**options)`; caches and tables get static addresses. With
+        `freezing` the graphs hold the current weights: they are recorded (see `weights_unchanged`), the step gets a
+        dynamo cache of its own, and every call runs with inductor's global `freezing` flag set, which dynamo reads
+        when it traces (a `torch.compile(options=...)` entry alone reaches inductor only).
+        """
         for tensor in self._static_tensors():
             torch._dynamo.mark_static_address(tensor)
-        self.step = torch.compile(self.decode_step, **options)
         self.compile_options = options
+        if not freezes_weights(options):
+            self.step = torch.compile(self.decode_step, **options)
+            return
+        from torch._inductor import config as inductor_config
+
+        self.frozen_weights = _weights_state(self.model)
+        compiled_step = torch.compile(_own_code_copy(self.decode_step), **options)
+
+        def step_with_frozen_weights(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with inductor_config.patch(freezing=True):
+                return compiled_step(*args)
+
+        self.step = step_with_frozen_weights
+
+    def weights_unchanged(self) -> bool:
+        """False when the step was compiled with frozen weights that have changed since (in place or replaced)."""
+        return self.frozen_weights is None or _same_weights(self.frozen_weights, _weights_state(self.model))
 
     def _static_tensors(self) -> list[torch.Tensor]:
         tensors = [self.spatial_table, self.depth_table, self.spatial_mask]
@@ -277,7 +356,7 @@ def _decoder_for(
     model: RQTransformerForImageGeneration, batch_size: int, compile_options: dict | None
 ) -> StaticCacheDecoder:
     """A fresh decoder, or with `compile_options` the compiled one kept on the model (rebuilt for a new batch size,
-    device, dtype or new options)."""
+    device, dtype or new options, and after a weight change when the compiled step froze the weights)."""
     if compile_options is None:
         return StaticCacheDecoder(model, batch_size)
     parameter = model.spatial_position_embeddings
@@ -286,6 +365,7 @@ def _decoder_for(
         decoder is None
         or decoder.key != (batch_size, parameter.device, parameter.dtype)
         or decoder.compile_options != compile_options
+        or not decoder.weights_unchanged()
     ):
         decoder = StaticCacheDecoder(model, batch_size)
         decoder.compile(**compile_options)
@@ -449,7 +529,11 @@ def generate_codes(
     model.eval()
     try:
         if use_cache:
-            options = None if compile is False else (DEFAULT_COMPILE_OPTIONS if compile is True else compile)
+            options = (
+                None
+                if compile is False
+                else (default_compile_options(device) if compile is True else compile)
+            )
             has_nan = _cached_codes(model, codes, start, condition_ids, settings, draw_noise, options)
         else:
             has_nan = _reference_codes(model, codes, start, condition_ids, settings, draw_noise)

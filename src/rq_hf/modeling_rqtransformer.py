@@ -692,10 +692,13 @@ class RQTransformerForImageGeneration(RQTransformerPreTrainedModel, GenerationMi
             prefix_codes: `(B, rows, w, D)` or raster `(B, L, D)` long: the first positions, kept as given.
             generator: `torch.Generator` on the model's device, for reproducible samples.
             use_cache: `False` runs the uncached teacher-forced reference (a full forward per code).
-            compile: compile the decoding steps with `torch.compile(mode="reduce-overhead", fullgraph=True)`
-                (CUDA graphs on GPU), or with a dict of `torch.compile` options (e.g. `{"mode": "max-autotune"}`);
-                the compiled decoder is kept for later calls with the same batch size. A new batch size compiles
-                again (dynamo's default: from the second size on, one graph with a dynamic batch dimension).
+            compile: compile the decoding step with `torch.compile`: `True` for one graph per step with CUDA
+                graphs on GPU (`mode="reduce-overhead"`) and, on CPU, inductor's autotuned C++ GEMM templates on
+                frozen weights (a slower first call; `default_compile_options` in `generation_rqtransformer`), or a
+                dict of `torch.compile` options (e.g. `{"mode": "max-autotune"}`). The compiled decoder is kept for
+                later calls with the same batch size. A new batch size compiles again (dynamo's default: from the
+                second size on, one graph with a dynamic batch dimension); with frozen weights, so does any change
+                of the weights (in place or replaced).
 
         Returns:
             `(B, h, w, D)` long codes. Sampling uses fp32 logits whatever the model dtype.

@@ -196,7 +196,8 @@ class RQPipeline(DiffusionPipeline):
                 images per prompt and keep the `num_images_per_prompt` with the highest CLIP score.
             num_candidates: candidates per prompt for re-ranking (default 64, the original notebook's).
             compile: compile the transformer's decoding step (see [`RQTransformerForImageGeneration.generate`]):
-                `True` for `torch.compile(mode="reduce-overhead")`, or a dict of `torch.compile` options.
+                `True` (CUDA graphs on GPU, autotuned GEMM templates on frozen weights on CPU) or a dict of
+                `torch.compile` options.
 
         Returns:
             [`RQPipelineOutput`] with `images` (and `clip_scores` when re-ranking), or a tuple.
