@@ -28,9 +28,10 @@ def default_compile_options(device: torch.device) -> dict:
     """
     The `torch.compile` options of `generate(compile=True)` on `device`. GPU: CUDA graphs over the one graph of a
     step (`mode="reduce-overhead"`). CPU: inductor's C++ GEMM templates, chosen per matrix product by autotuning
-    against MKL (on the few-row products of a decoding step they ran 3-4x faster than MKL here). They need the
-    weights as compile-time constants (`freezing`: the graph holds a repacked copy of them, so the decoder
-    recompiles when the weights change), and autotuning makes the first call slower; its tables are not printed.
+    against MKL (for the few-row products of a decoding step they took 2.7-3.7x less time than MKL in inductor's
+    autotuning tables on this project's 2-core CPU). They need the weights as compile-time constants (`freezing`:
+    the graph holds a repacked copy of them, so the decoder recompiles when the weights change), and autotuning
+    makes the first call slower; its tables are not printed.
     """
     if device.type != "cpu":
         return {"mode": "reduce-overhead", "fullgraph": True}
