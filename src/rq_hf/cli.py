@@ -258,7 +258,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         "--compile",
         action="store_true",
         help="compile the decoding step (torch.compile: CUDA graphs on GPU, autotuned GEMMs on CPU): faster "
-        "after a slow first batch (about a minute on CPU)",
+        "after a slow first batch (a minute or two on CPU)",
     )
     parser.add_argument(
         "--fuse-qkv", action="store_true", help="one query/key/value product per attention layer"
