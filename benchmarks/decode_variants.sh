@@ -3,8 +3,8 @@
 # K=16384, random weights, bf16, 8x8x4 codes, compiled) at one batch size on one GPU, timed round-robin in one run
 # next to the original sampler (fp32 and fp16 autocast) on the same weights:
 #   - query/key/value: separate and fused (model.fuse_qkv_projections());
-#   - torch.compile mode: auto (generate(compile=True): reduce-overhead on GPU) and max-autotune (GEMM tile/split-K search,
-#     also CUDA graphs): at batch 100 an N=1536 projection has ~12 output tiles for 132 SMs;
+#   - torch.compile mode: auto (generate(compile=True): reduce-overhead on GPU) and max-autotune (GEMM
+#     tile/split-K search, also CUDA graphs): at batch 100 an N=1536 projection has ~12 output tiles for 132 SMs;
 #   - one profile of the fastest rq-hf variant (top operators printed, Chrome trace gzipped).
 # Other attention variants: SPEED_ARGS="--attn-implementation sdpa eager decode_reduction".
 # Rows append to OUTPUT_DIR/decode_variants.json; the printed table goes to OUTPUT_DIR/decode_variants_b<B>.txt.

@@ -359,10 +359,8 @@ def test_compile_true_means_cuda_graphs_on_gpu_and_frozen_gemm_templates_on_cpu(
 def test_compiled_step_with_frozen_weights_recompiles_after_a_weight_change():
     from rq_hf.generation_rqtransformer import StaticCacheDecoder
 
-    model, options = (
-        tiny_model(),
-        {"fullgraph": True, "options": {"freezing": True}},
-    )  # compile=True on CPU, untuned
+    model = tiny_model()
+    options = {"fullgraph": True, "options": {"freezing": True}}  # compile=True on CPU, without autotuning
     torch._dynamo.reset()
     assert torch.equal(sample(model, compile=options), sample(model))
     decoder = model._compiled_decoder

@@ -530,11 +530,9 @@ def generate_codes(
     model.eval()
     try:
         if use_cache:
-            options = (
-                None
-                if compile is False
-                else (default_compile_options(device) if compile is True else compile)
-            )
+            options = compile if isinstance(compile, dict) else None
+            if compile is True:
+                options = default_compile_options(device)
             has_nan = _cached_codes(model, codes, start, condition_ids, settings, draw_noise, options)
         else:
             has_nan = _reference_codes(model, codes, start, condition_ids, settings, draw_noise)
